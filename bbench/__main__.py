@@ -1,0 +1,3 @@
+from bbench.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Command line: `python -m bbench run | bench | list | info | datasets` (and `bbench ...`).
+
+A thin layer over the library. BalanceMM-style flags are accepted: `--trainer OGM
+--dataset CREMAD --alpha 0.5 --device 0`; any `--key value` that is not a bbench flag is
+a setting override, exactly like `--set key=value`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any, Sequence
+
+from bbench.registry import UnknownNameError
+
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, UnknownNameError, FileExistsError,
+                                                    FileNotFoundError, RuntimeError)
+
+
+def _parse_settings(pairs: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:
+    """`--set k=v` pairs plus BalanceMM-style `--k v` / `--k=v` leftovers, as strings."""
+    settings: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        settings[key.strip()] = value.strip()
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}; settings are --key value or --set key=value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            value = extra[i + 1]
+            i += 2
+        else:
+            raise ValueError(f"setting --{key} needs a value")
+        settings[key.replace("-", "_") if "." not in key else key] = value
+    return settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mfeat", help="dataset name (see `bbench list datasets`)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting: a method hyper-parameter (alpha=0.5), a shorthand "
+                             "(epochs=3, lr=0.1) or a dotted key (train.optimizer.lr=0.1)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index (BalanceMM style)")
+    parser.add_argument("--modalities", help="comma-separated modality names, e.g. fac,mor")
+    parser.add_argument("--epochs", help="number of training epochs")
+    parser.add_argument("--seed", help="run seed")
+    parser.add_argument("--preset", help="a preset name or a .toml file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bbench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="train one method on one dataset and write its record")
+    p_run.add_argument("--method", "--trainer", dest="method", default="Baseline")
+    _common(p_run)
+    p_run.add_argument("--out", help="run directory (must not exist); default runs/<dataset>/<method>-<time>")
+    p_run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p_bench = sub.add_parser("bench", help="every method on one dataset, paper-style table")
+    _common(p_bench)
+    p_bench.add_argument("--methods", help="comma-separated subset of balancing methods")
+    p_bench.add_argument("--out", help="bench directory (must not exist)")
+    p_list = sub.add_parser("list", help="registered methods, datasets, encoders, fusions, presets")
+    p_list.add_argument("what", nargs="?", default="all",
+                        choices=["all", "methods", "datasets", "encoders", "fusions", "presets"])
+    sub.add_parser("info", help="versions and whether the compiled kernels loaded")
+    p_data = sub.add_parser("datasets", help="dataset details")
+    p_data.add_argument("--info", metavar="DATASET", required=True)
+    return parser
+
+
+def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    settings = _parse_settings(args.set, extra)
+    for flag in ("device", "modalities", "epochs", "seed"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            settings[flag] = value
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        settings.setdefault("progress", "false")
+    return settings
+
+
+def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from bbench.runner import run
+
+    settings = _overrides(args, extra)
+    if args.out:
+        settings["out"] = args.out
+    if args.resume:
+        result = run(resume=args.resume)
+    else:
+        result = run(args.method, args.dataset, preset=args.preset, **settings)
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:
+    """Human-readable digest of one run record."""
+    m = result.metrics
+    lines = [f"{result.method} on {result.dataset}"]
+    if "acc" in m:
+        lines.append(f"  test acc {100 * m['acc']:.2f}%  macro-F1 {100 * m['f1']:.2f}%")
+        per = [k[4:] for k in m if k.startswith("acc_")]
+        lines += [f"  {x}: acc {100 * m[f'acc_{x}']:.2f}%  F1 {100 * m[f'f1_{x}']:.2f}%" for x in per]
+    if "shapley" in m:
+        lines.append("  Shapley " + ", ".join(f"{k} {v:+.4f}" for k, v in m["shapley"].items())
+                     + f"  imbalance I {m['imbalance']:.4f}")
+    for key in sorted(k for k in m if k.startswith("probe_acc_")):
+        x = key[len("probe_acc_"):]
+        uni = m.get(f"unimodal_acc_{x}")
+        lines.append(f"  probe {x}: {100 * m[key]:.2f}%" + (f" (Unimodal {100 * uni:.2f}%)" if uni else ""))
+    if "train_flops" in m:
+        lines.append(f"  training FLOPs {m['train_flops']:.4e}  wall {m.get('wall_seconds', 0):.1f}s")
+    lines.append(f"  record: {result.record_path}")
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from bbench.report.bench import run_bench
+    from bbench.report.table import comparison_table, probe_table
+
+    settings = _overrides(args, extra)
+    if args.preset:
+        raise ValueError("bench uses each dataset's own preset; override settings with --set")
+    started = time.perf_counter()
+
+    def on_run(i: int, n: int, label: str, result, seconds: float) -> None:
+        if result is None:
+            print(f"[{i + 1}/{n}] {label} ...", file=sys.stderr, flush=True)
+        else:
+            acc = result.metrics.get("acc", result.metrics.get("source_acc"))
+            print(f"[{i + 1}/{n}] {label} done in {seconds:.1f}s"
+                  + (f" (test acc {100 * acc:.2f}%)" if acc is not None else ""),
+                  file=sys.stderr, flush=True)
+
+    methods = args.methods.split(",") if args.methods else None
+    bench = run_bench(args.dataset, methods, settings, args.out, on_run)
+    table, probes = comparison_table(bench), probe_table(bench)
+    print(f"\n{bench.dataset} ({', '.join(bench.modalities)}): test split, best-validation epoch\n")
+    print(table)
+    print("\nEncoder quality inside the Baseline model (LinearProbe) vs trained alone (Unimodal):\n")
+    print(probes)
+    print(f"\nruns and records: {bench.out_dir}  ({time.perf_counter() - started:.0f}s in all)")
+    (bench.out_dir / "table.md").write_text(table + "\n\n" + probes + "\n")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bbench.config.resolve import preset_names
+    from bbench.data.registry import DATASETS
+    from bbench.methods.registry import METHODS
+    from bbench.models.encoders import ENCODERS
+    from bbench.models.fusion import FUSIONS
+
+    what = args.what
+    if what in ("all", "methods"):
+        print("methods:")
+        for name in METHODS:
+            cls = METHODS.get(name)
+            print(f"  {name:<20} {cls.family}")
+    if what in ("all", "datasets"):
+        print("datasets:")
+        for name in DATASETS:
+            e = DATASETS.get(name)
+            print(f"  {name:<20} {', '.join(e.modalities)} ({e.num_classes} classes)")
+    if what in ("all", "encoders"):
+        print("encoders: " + ", ".join(ENCODERS))
+    if what in ("all", "fusions"):
+        print("fusions: " + ", ".join(FUSIONS))
+    if what in ("all", "presets"):
+        print("presets: " + ", ".join(preset_names()))
+    return 0
+
+
+def cmd_info() -> int:
+    import torch
+
+    from bbench import __version__, ops
+
+    print(json.dumps({"bbench": __version__, "torch": torch.__version__,
+                      "cuda_available": torch.cuda.is_available(),
+                      "extension": ops.extension_info()}, indent=1))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from bbench.data.registry import DATASETS
+
+    entry = DATASETS.get(args.info)
+    print(f"{entry.name}: {entry.description}\nmodalities: {', '.join(entry.modalities)} "
+          f"(available: {', '.join(entry.available_modalities)}); {entry.num_classes} classes")
+    if entry.info_text is not None:
+        print("\n" + entry.info_text())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("run", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=logging.WARNING, format="bbench: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args, extra)
+        if args.command == "bench":
+            return cmd_bench(args, extra)
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "info":
+            return cmd_info()
+        return cmd_datasets(args)
+    except EXPECTED_ERRORS as err:
+        print(f"bbench: error: {err}", file=sys.stderr)
+        return 2

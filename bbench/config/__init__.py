@@ -1,0 +1,1 @@
+"""Typed run specifications, presets and command-line overrides."""

@@ -1,0 +1,101 @@
+"""The typed specs of one run: dataset, model, training, evaluation and the run itself.
+
+A RunSpec is frozen and fully resolved (preset + overrides); it is saved with every
+result so that a record says exactly what produced it. Method-, dataset- and
+encoder-specific settings live in plain dicts here and are validated by the typed
+parameter class of the method, dataset or encoder they belong to (see `resolve.py`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from bbench.config.fields import param
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """Optimizer of the run's model (all trainable parameters, method extras included)."""
+
+    type: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = param(0.01, gt=0)
+    momentum: float = param(0.9, ge=0, lt=1, doc="SGD only")
+    weight_decay: float = param(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Learning-rate schedule, stepped once per epoch (methods.md §1.4)."""
+
+    type: Literal["step", "none"] = "step"
+    step_size: int = param(30, ge=1)
+    gamma: float = param(0.1, gt=0, le=1)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    epochs: int = param(70, ge=1)
+    batch_size: int = param(64, ge=1)
+    seed: int = param(0, ge=0)
+    device: str = "cpu"
+    num_workers: int = param(0, ge=0)
+    progress: bool = True
+    checkpoint_every: int = param(1, ge=0, doc="epochs between checkpoints; 0 = never")
+    flops: Literal["sampled", "all", "off"] = "sampled"
+    flops_steps: int = param(1, ge=1, doc="steps counted per pass when flops='sampled'")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Which data, which modalities (and their order), and dataset-specific options."""
+
+    name: str = "mfeat"
+    root: Optional[str] = None
+    modalities: Optional[tuple[str, ...]] = None
+    split_seed: int = param(0, ge=0)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    type: str = "mlp"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Encoders per modality name ('*' = every modality without its own entry) and the fusion."""
+
+    encoders: dict[str, EncoderSpec] = field(default_factory=lambda: {"*": EncoderSpec()})
+    fusion: str = "concat"
+    fusion_options: dict[str, Any] = field(default_factory=dict)
+
+    def encoder_for(self, modality: str) -> EncoderSpec:
+        if modality in self.encoders:
+            return self.encoders[modality]
+        if "*" in self.encoders:
+            return self.encoders["*"]
+        raise ValueError(f"model: no encoder configured for modality {modality!r} "
+                         f"(configured: {', '.join(self.encoders)}; use '*' for a default)")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    mask: Literal["input", "feature"] = "input"
+    shapley: bool = True
+    batch_size: int = param(256, ge=1)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str = "Baseline"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset: DatasetSpec = field(default_factory=DatasetSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    output_root: str = "runs"
+    run_dir: Optional[str] = None

@@ -1,0 +1,1 @@
+"""The training engine: the one loop, evaluation, checkpoints and progress."""

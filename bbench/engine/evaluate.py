@@ -1,0 +1,72 @@
+"""Evaluation of a split: fused and per-modality accuracy, macro-F1 and loss.
+
+Evaluation never applies training-only behaviour (methods.md §1.11): eval mode, no grad,
+the method's own evaluation logits, every sample counted (no dropped last batch).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bbench.data.base import Batch, collate_samples
+from bbench.metrics.classification import accuracy, macro_f1
+
+
+def move_batch(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}
+
+
+def eval_loader(dataset: Dataset, batch_size: int, collate=collate_samples,
+                num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                      collate_fn=collate, num_workers=num_workers)
+
+
+@dataclass
+class SplitPredictions:
+    labels: torch.Tensor
+    fused: torch.Tensor  # predicted classes
+    per_modality: dict[str, torch.Tensor]
+    loss: float
+
+
+@torch.no_grad()
+def predict(method, model: nn.Module, loader: DataLoader, device: torch.device) -> SplitPredictions:
+    """Run the method's evaluation forward over a loader, restoring the model's mode after."""
+    was_training = model.training
+    model.eval()
+    names = method.eval_modalities(model)
+    labels, fused, per = [], [], {m: [] for m in names}
+    loss_sum, count = 0.0, 0
+    try:
+        for batch in loader:
+            batch = move_batch(batch, device)
+            logits, unimodal = method.eval_logits(model, batch)
+            y = batch["label"]
+            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            count += int(y.numel())
+            labels.append(y.cpu())
+            fused.append(logits.argmax(1).cpu())
+            for m, z in zip(names, unimodal):
+                per[m].append(z.argmax(1).cpu())
+    finally:
+        model.train(was_training)
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
+    return SplitPredictions(cat(labels), cat(fused), {m: cat(v) for m, v in per.items()},
+                            loss_sum / max(count, 1))
+
+
+def split_metrics(pred: SplitPredictions, num_classes: int) -> dict[str, float]:
+    """acc, f1, loss, and acc_<m>, f1_<m> for every modality's own prediction."""
+    metrics = {"acc": accuracy(pred.fused, pred.labels),
+               "f1": macro_f1(pred.fused, pred.labels, num_classes),
+               "loss": pred.loss}
+    for m, p in pred.per_modality.items():
+        metrics[f"acc_{m}"] = accuracy(p, pred.labels)
+        metrics[f"f1_{m}"] = macro_f1(p, pred.labels, num_classes)
+    return metrics

@@ -1,0 +1,22 @@
+"""Optimizer and learning-rate schedule of a run, from its typed spec."""
+from __future__ import annotations
+
+import torch
+
+from bbench.config.specs import OptimizerSpec, SchedulerSpec
+
+
+def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if spec.type == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+                               weight_decay=spec.weight_decay)
+    if spec.type == "adam":
+        return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+
+
+def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer):
+    if spec.type == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=spec.step_size, gamma=spec.gamma)

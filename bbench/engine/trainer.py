@@ -1,0 +1,257 @@
+"""The one training loop (methods.md §1.4; architecture principle 1).
+
+The Trainer owns epochs and steps, device placement, the optimizer and the per-epoch
+scheduler, gradient zeroing, validation-based model selection, checkpoints, FLOP
+accounting, logging and progress. Methods plug in through their hooks. The Trainer is
+given the training and validation splits only: test data cannot steer training.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from bbench.config.specs import TrainSpec
+from bbench.data.base import Batch, DataInfo, collate_samples
+from bbench.engine import checkpoint as ckpt
+from bbench.engine.evaluate import eval_loader, move_batch, predict, split_metrics
+from bbench.engine.flops import FlopAccount
+from bbench.engine.optim import build_optimizer, build_scheduler
+from bbench.engine.progress import Progress
+from bbench.methods.base import Method, StepInfo
+
+log = logging.getLogger("bbench")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@dataclass
+class TrainingData:
+    """The splits a Trainer may see: train and validation, never test."""
+
+    info: DataInfo
+    train: Dataset
+    val: Dataset
+    collate: Callable = collate_samples
+    train_eval: Dataset | None = None  # the train split with evaluation transforms
+
+    @property
+    def train_for_eval(self) -> Dataset:
+        return self.train_eval if self.train_eval is not None else self.train
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val: dict[str, float]
+    best_state: dict[str, torch.Tensor]
+    train_flops: int
+    flops_by_region: dict[str, int]
+    flops_estimated: int
+    train_seconds: float
+    samples_seen: int
+    steps: int
+
+
+def loader_seed(seed: int, epoch: int, phase: int) -> int:
+    """Shuffling seed of one pass: a function of (run seed, epoch, phase) so resume needs no state."""
+    return (seed * 1_000_003 + epoch * 1_009 + phase) % (2**63 - 1)
+
+
+class Trainer:
+    def __init__(self, spec: TrainSpec, data: TrainingData, method: Method, model: nn.Module,
+                 run_dir: Path | None = None, count_flops: bool = True,
+                 callbacks: list[Callable[["Trainer", int, dict[str, Any]], None]] | None = None) -> None:
+        self.spec = spec
+        self.data = data
+        self.method = method
+        self.device = torch.device(spec.device)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(spec.optimizer, self.model.parameters())
+        self.scheduler = build_scheduler(spec.scheduler, self.optimizer)
+        self.run_dir = run_dir
+        self.flops = FlopAccount(enabled=count_flops and spec.flops != "off")
+        self.callbacks = list(callbacks or [])
+        self.epoch = 0
+        self.global_step = 0
+        self.samples_seen = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_epoch = -1
+        self.best_val: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.train_seconds = 0.0
+
+    # -- helpers methods use -----------------------------------------------------------------
+    def zero_grad(self) -> None:
+        """set_to_none=True: parameters without a gradient are not moved by momentum or decay."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def check_finite(self, loss: torch.Tensor, step: StepInfo) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(
+                f"loss is {float(loss.detach().float().mean())} at epoch {step.epoch}, batch "
+                f"{step.batch_index} (global step {step.global_step}); training stopped. Lower the "
+                f"learning rate or check the inputs for NaN/inf.")
+
+    def train_loader(self, dataset: Dataset, epoch: int, phase: int = 0,
+                     shuffle: bool = True, drop_last: bool = True) -> DataLoader:
+        generator = torch.Generator().manual_seed(loader_seed(self.spec.seed, epoch, phase))
+        return DataLoader(dataset, batch_size=self.spec.batch_size, shuffle=shuffle,
+                          drop_last=drop_last, generator=generator, collate_fn=self.data.collate,
+                          num_workers=self.spec.num_workers)
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        return eval_loader(dataset, self.spec.batch_size, self.data.collate, self.spec.num_workers)
+
+    def to_device(self, batch: Batch) -> Batch:
+        return move_batch(batch, self.device)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, resume: Path | None = None) -> FitResult:
+        if resume is not None:
+            self._restore(ckpt.load(resume, self.device))
+        else:
+            with self.flops.count("fit_start"):
+                self.method.on_fit_start(self)
+        progress = Progress(self.spec.epochs, enabled=self.spec.progress,
+                            label=f"{self.method.name}", start=self.epoch)
+        try:
+            while self.epoch < self.spec.epochs:
+                record = self._run_epoch(self.epoch, progress)
+                self.history.append(record)
+                self.epoch += 1
+                self._save_checkpoint()
+                for callback in self.callbacks:
+                    callback(self, self.epoch - 1, record)
+        finally:
+            progress.close()
+        return FitResult(self.history, self.best_epoch, self.best_val, self.best_state,
+                         self.flops.total, dict(self.flops.regions), self.flops.estimated,
+                         self.train_seconds,
+                         self.samples_seen, self.global_step)
+
+    def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
+        start = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        with self.flops.count("epoch_start"):
+            train_set = self.method.on_epoch_start(self, epoch) or self.data.train
+        loss_sum, steps, correct, seen = 0.0, 0, {}, 0
+        for phase in range(self.method.phases(epoch)):
+            loader = self.train_loader(train_set, epoch, phase)
+            n_b = len(loader)
+            sampled_flops, sampled_samples, unsampled_samples = 0, 0, 0
+            for j, batch in enumerate(loader):
+                batch = self.to_device(batch)
+                info = StepInfo(epoch, j, n_b, self.global_step, phase)
+                if self.spec.flops == "all" or j < self.spec.flops_steps:
+                    with self.flops.count("step"):
+                        result = self.method.train_step(self, batch, info)
+                    sampled_flops += self.flops.last
+                    sampled_samples += int(batch["label"].shape[0])
+                else:
+                    result = self.method.train_step(self, batch, info)
+                    unsampled_samples += int(batch["label"].shape[0])
+                loss_sum += float(result.loss)
+                steps += 1
+                self.global_step += 1
+                n = int(batch["label"].shape[0])
+                seen += n
+                if result.out is not None:
+                    self._count_correct(result.out, batch["label"], correct)
+                progress.step(loss=loss_sum / steps)
+            if unsampled_samples and self.flops.enabled:
+                self.flops.add_estimate("step", sampled_flops / sampled_samples * unsampled_samples)
+        self.samples_seen += seen
+        self.train_seconds += time.perf_counter() - start
+        val = split_metrics(predict(self.method, self.model, self.eval_loader(self.data.val),
+                                    self.device), self.data.info.num_classes)
+        start = time.perf_counter()
+        with self.flops.count("epoch_end"):
+            self.method.on_epoch_end(self, epoch)
+        self.scheduler.step()
+        self.train_seconds += time.perf_counter() - start
+        if self._improves(val):
+            self.best_epoch, self.best_val = epoch, dict(val)
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        record: dict[str, Any] = {
+            "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1), "steps": steps,
+            "train_samples": seen,
+            **{f"train_{k}": v / max(seen, 1) for k, v in correct.items()},
+            **{f"val_{k}": v for k, v in val.items()},
+            "method": self._method_record(epoch),
+            "seconds": time.perf_counter() - start,
+        }
+        if not math.isfinite(record["train_loss"]):
+            raise NonFiniteLossError(f"mean training loss of epoch {epoch} is not finite")
+        progress.epoch_done(epoch, val["acc"])
+        log.debug("epoch %d: %s", epoch, record)
+        return record
+
+    def _improves(self, val: dict[str, float]) -> bool:
+        """Model selection: higher validation accuracy; at equal accuracy, lower validation loss.
+
+        Small validation sets saturate (mfeat's 140 samples reach the same accuracy for many
+        epochs), and keeping the first of equals would ignore everything learnt afterwards.
+        """
+        best_acc = self.best_val.get("acc", -math.inf)
+        return val["acc"] > best_acc or (val["acc"] == best_acc and val["loss"] < self.best_val["loss"])
+
+    def _method_record(self, epoch: int) -> dict[str, float]:
+        record = self.method.log.flush()
+        if self.method.windowed:
+            record["active"] = float(self.method.active(epoch))
+        return record
+
+    @torch.no_grad()
+    def _count_correct(self, out, labels: torch.Tensor, correct: dict[str, float]) -> None:
+        """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted)."""
+        correct["acc"] = correct.get("acc", 0.0) + float((out.logits.argmax(1) == labels).sum())
+        for i, m in enumerate(self.data.info.modalities[:len(out.features)]):
+            pred = out.unimodal_scoring(i).argmax(1)
+            correct[f"acc_{m}"] = correct.get(f"acc_{m}", 0.0) + float((pred == labels).sum())
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _save_checkpoint(self) -> None:
+        every = self.spec.checkpoint_every
+        if self.run_dir is None or every == 0:
+            return
+        if self.epoch % every and self.epoch != self.spec.epochs:
+            return
+        ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, {
+            "epoch": self.epoch, "global_step": self.global_step, "samples_seen": self.samples_seen,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "rng": ckpt.rng_state(), "history": self.history, "best_epoch": self.best_epoch,
+            "best_val": self.best_val, "best_state": self.best_state,
+            "flops": self.flops.total, "flops_by_region": self.flops.regions,
+            "flops_estimated": self.flops.estimated,
+            "train_seconds": self.train_seconds,
+        })
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        ckpt.set_rng_state(state["rng"])
+        self.epoch = state["epoch"]
+        self.global_step = state["global_step"]
+        self.samples_seen = state["samples_seen"]
+        self.history = list(state["history"])
+        self.best_epoch = state["best_epoch"]
+        self.best_val = dict(state["best_val"])
+        self.best_state = state["best_state"]
+        self.flops.total = state["flops"]
+        self.flops.regions = dict(state["flops_by_region"])
+        self.flops.estimated = state["flops_estimated"]
+        self.train_seconds = state["train_seconds"]

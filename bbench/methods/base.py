@@ -1,0 +1,278 @@
+"""The Method base class: the hook points of the one training loop (methods.md §1.4).
+
+A method overrides only the hooks it needs; the Trainer owns everything else (device
+placement, optimizer and scheduler, zeroing, validation, checkpoints, FLOP accounting).
+The default `train_step` is the Baseline step, and outside a windowed method's active
+epochs the Trainer-facing step falls back to exactly that (methods.md §1.5).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from bbench.config.fields import SpecError, param
+from bbench.config.specs import ModelSpec
+from bbench.data.base import Batch, DataInfo
+from bbench.models.multimodal import MultimodalModel, apply_keep, build_multimodal_model
+
+if TYPE_CHECKING:  # the trainer imports methods, not the other way round
+    from bbench.engine.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Hyper-parameters of a method that has none."""
+
+
+@dataclass(frozen=True)
+class WindowParams:
+    """The modulation window: active in epoch e iff start <= e <= end (0-based, inclusive)."""
+
+    start: int = param(0, ge=0)
+    end: int = param(80, ge=0)
+
+    def __post_init__(self) -> None:
+        if self.end < self.start:
+            raise SpecError(f"start={self.start} is after end={self.end}; need 0 <= start <= end")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where a training step sits: epoch e, batch j of n_b in this pass, global step t."""
+
+    epoch: int
+    batch_index: int
+    num_batches: int
+    global_step: int
+    phase: int = 0
+
+
+@dataclass
+class ForwardOut:
+    """One training forward: features h_m (before any keep mask), fused logits, z_m accessors."""
+
+    model: MultimodalModel
+    features: list[torch.Tensor]
+    logits: torch.Tensor
+    keep: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def unimodal(self, index: int) -> torch.Tensor:
+        """Loss accessor: z_m with the graph live (gradients reach encoder m and the head)."""
+        return self.model.unimodal_logits(self.features, index)
+
+    def unimodal_scoring(self, index: int) -> torch.Tensor:
+        """Scoring accessor: z_m from sg(W), sg(b), sg(h); creates no gradient."""
+        with torch.no_grad():
+            return self.model.unimodal_logits([f.detach() for f in self.features], index)
+
+
+@dataclass
+class StepOutput:
+    """What a step hands back to the Trainer for logging (outside FLOP accounting)."""
+
+    loss: torch.Tensor
+    out: ForwardOut | None = None
+
+
+class EpochLog:
+    """Accumulates a method's per-step quantities and reports their epoch means (§1.10)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float | torch.Tensor] = {}
+        self._counts: dict[str, float | torch.Tensor] = {}
+        self._values: dict[str, float] = {}
+
+    def add(self, key: str, value: float | torch.Tensor,
+            where: bool | torch.Tensor = True) -> None:
+        """A per-step quantity; the epoch record holds its mean over the steps that added it.
+
+        `where` (a bool, or a bool tensor) says whether this step counts, so a mean over
+        e.g. conflict steps only needs no branch. Tensors are summed on their device and
+        read once at the end of the epoch: logging adds no host synchronisation to a step.
+        """
+        if isinstance(value, torch.Tensor) or isinstance(where, torch.Tensor):
+            device = value.device if isinstance(value, torch.Tensor) else where.device
+            w = torch.as_tensor(where, device=device).detach().double()
+            v = torch.as_tensor(value, device=device).detach().double() * w
+        else:
+            w, v = float(where), float(value) * float(where)
+        self._sums[key] = self._sums.get(key, 0.0) + v
+        self._counts[key] = self._counts.get(key, 0.0) + w
+
+    def set(self, key: str, value: float | torch.Tensor) -> None:
+        """A per-epoch quantity (e.g. measured at epoch start); the last value is reported."""
+        self._values[key] = float(value)
+
+    def flush(self) -> dict[str, float]:
+        record = {k: float(self._sums[k]) / float(self._counts[k]) for k in self._sums
+                  if float(self._counts[k]) > 0}
+        record.update(self._values)
+        self._sums.clear()
+        self._counts.clear()
+        self._values.clear()
+        return record
+
+
+def method_seed(run_seed: int, name: str) -> int:
+    """Seed of a method's own generator, from the run seed and the method name (§1.7)."""
+    digest = hashlib.sha256(f"{run_seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a method may know about the run when it is built."""
+
+    info: DataInfo
+    model_spec: ModelSpec
+    seed: int
+    device: torch.device
+    run_spec: Any = None  # the resolved RunSpec (for procedures that need the optimizer config)
+
+
+class Method:
+    """Base class of every method; the defaults implement Baseline."""
+
+    name: ClassVar[str] = "Method"
+    family: ClassVar[str] = "reference"
+    Params: ClassVar[type] = NoParams
+    windowed: ClassVar[bool] = False
+    param_aliases: ClassVar[dict[str, str]] = {}
+    # Methods whose eval forward is the default model's forward allow the one-pass Shapley path.
+    default_eval: ClassVar[bool] = True
+    # Evaluation procedures (LinearProbe) replace training by `run_procedure`.
+    procedure: ClassVar[bool] = False
+
+    def __init__(self, params: Any, ctx: RunContext) -> None:
+        self.params = params
+        self.ctx = ctx
+        self.modalities: tuple[str, ...] = ctx.info.modalities
+        self.generator = torch.Generator().manual_seed(method_seed(ctx.seed, self.name))
+        self.log = EpochLog()
+
+    def run_label(self) -> str:
+        """Name stem of the run directory."""
+        return self.name
+
+    def run_procedure(self, data: Any, run_dir: Any, device: torch.device) -> dict[str, Any]:
+        """For `procedure` methods: do the work and return the metrics."""
+        raise TypeError(f"{self.name} trains through the Trainer; it has no procedure")
+
+    # -- model ----------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return build_multimodal_model(self.ctx.info, self.ctx.model_spec)
+
+    # -- window ---------------------------------------------------------------------------
+    def active(self, epoch: int) -> bool:
+        if not self.windowed:
+            return True
+        return self.params.start <= epoch <= self.params.end
+
+    # -- hooks (override what the algorithm needs) -----------------------------------------
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        """(g) auxiliary models and method state."""
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> Dataset | None:
+        """(a)/(f) periodic procedures; may return this epoch's training set."""
+        return None
+
+    def phases(self, epoch: int) -> int:
+        """Number of passes over the training set in epoch e."""
+        return 1
+
+    def forward(self, model: MultimodalModel, batch: Batch, step: StepInfo) -> ForwardOut:
+        features = model.encode(batch)
+        keep = batch.get("keep")
+        return ForwardOut(model, features, model.head(apply_keep(features, keep)), keep)
+
+    def loss(self, out: ForwardOut, batch: Batch, step: StepInfo) -> torch.Tensor:
+        return F.cross_entropy(out.logits, batch["label"])
+
+    def backward(self, loss: torch.Tensor, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
+        loss.backward()
+
+    def edit_grads(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
+        """(d) between backward and optimizer.step(); may read or rewrite `.grad`."""
+
+    def after_step(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
+        """Bookkeeping after optimizer.step()."""
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None:
+        """(f) after the epoch's training passes and validation, before the scheduler step."""
+
+    def train_step(self, trainer: "Trainer", batch: Batch, step: StepInfo) -> StepOutput:
+        """(e) one optimizer update; outside the window, the plain Baseline step."""
+        if not self.active(step.epoch):
+            return self.plain_step(trainer, batch, step)
+        trainer.zero_grad()
+        trainer.model.train()
+        out = self.forward(trainer.model, batch, step)
+        loss = self.loss(out, batch, step)
+        trainer.check_finite(loss, step)
+        self.backward(loss, out, batch, step)
+        self.edit_grads(out, batch, step)
+        trainer.optimizer.step()
+        self.after_step(out, batch, step)
+        return StepOutput(loss.detach(), out)
+
+    def plain_step(self, trainer: "Trainer", batch: Batch, step: StepInfo) -> StepOutput:
+        """One forward, CE on the fused training logits, one backward, one step (§1.5)."""
+        trainer.zero_grad()
+        trainer.model.train()
+        out = Method.forward(self, trainer.model, batch, step)
+        loss = F.cross_entropy(out.logits, batch["label"])
+        trainer.check_finite(loss, step)
+        loss.backward()
+        trainer.optimizer.step()
+        return StepOutput(loss.detach(), out)
+
+    # -- evaluation (§1.11) ---------------------------------------------------------------
+    def eval_logits(self, model: nn.Module, batch: Batch, present: Sequence[bool] | None = None,
+                    unimodal: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Fused logits and (unless `unimodal` is False) per-modality logits; absent
+        modalities (present[m] False) are input-masked."""
+        features = model.encode(batch, present)
+        per_modality = ([model.unimodal_logits(features, i) for i in range(len(model.modalities))]
+                        if unimodal else [])
+        return model.head(features), per_modality
+
+    def eval_modalities(self, model: nn.Module) -> tuple[str, ...]:
+        return tuple(model.modalities)
+
+    # -- state (§1.12) --------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond the generator that a resumed run needs."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.load_extra_state(state["extra"])
+
+    # -- helpers shared by methods ----------------------------------------------------------
+    def scores(self, model: MultimodalModel, features: Sequence[torch.Tensor],
+               labels: torch.Tensor) -> torch.Tensor:
+        """s_m = Σ_i softmax(z_m,i)[y_i] for every m, from the scoring accessor (§1.6)."""
+        with torch.no_grad():
+            detached = [f.detach() for f in features]
+            return torch.stack([
+                model.unimodal_logits(detached, i).float().softmax(1).gather(1, labels[:, None]).sum()
+                for i in range(len(self.modalities))])
+
+
+def encoder_weight_tensors(model: MultimodalModel) -> list[tuple[int, nn.Parameter]]:
+    """EW(m): (modality index, parameter) for every encoder parameter with ndim >= 2 (§1.3)."""
+    return [(i, p) for i, m in enumerate(model.modalities)
+            for p in model.encoders[m].parameters() if p.ndim >= 2 and p.requires_grad]

@@ -1,0 +1,1 @@
+"""Benchmark orchestration and the Table-2 style comparison."""
