@@ -22,6 +22,7 @@ from bbench.data.registry import build_datamodule
 from bbench.engine.checkpoint import CHECKPOINT_NAME, seed_everything
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import count_forward_flops
+from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
 from bbench.engine.trainer import Trainer, TrainingData
 from bbench.methods.base import RunContext
 from bbench.methods.registry import build_method
@@ -125,9 +126,17 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
 def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torch.device,
                         resume: bool, callbacks) -> tuple[dict[str, Any], dict[str, Any], list]:
     model = method.build_model()
-    training = TrainingData(data.info, data.train, data.val, data.collate)
+    training = TrainingData(data.info, data.train, data.val, data.collate, data.train_eval)
+    callbacks = list(callbacks or [])
+    board = TensorBoardLogger(run_dir / "tensorboard") if tensorboard_available() else None
+    if board is not None:
+        callbacks.append(board)
     trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks)
-    fit = trainer.fit(resume=run_dir / CHECKPOINT_NAME if resume else None)
+    try:
+        fit = trainer.fit(resume=run_dir / CHECKPOINT_NAME if resume else None)
+    finally:
+        if board is not None:
+            board.close()
     model.load_state_dict(fit.best_state)
     torch.save(fit.best_state, run_dir / BEST_MODEL_NAME)
 

@@ -161,30 +161,8 @@ def coerce(value: Any, tp: Any, owner: str, name: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
             return value.lower() in ("true", "1", "yes", "on")
         raise SpecError(f"{owner}: {name}={value!r} must be true or false")
-    if tp is int:
-        if isinstance(value, bool):
-            raise SpecError(f"{owner}: {name}={value!r} must be an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise SpecError(f"{owner}: {name}={value!r} must be an integer")
-    if tp is float:
-        if isinstance(value, bool):
-            raise SpecError(f"{owner}: {name}={value!r} must be a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise SpecError(f"{owner}: {name}={value!r} must be a number")
+    if tp in (int, float):
+        return _number(value, tp, owner, name)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -192,6 +170,23 @@ def coerce(value: Any, tp: Any, owner: str, name: str) -> Any:
             return str(value)
         raise SpecError(f"{owner}: {name}={value!r} must be a string")
     return value
+
+
+def _number(value: Any, tp: type, owner: str, name: str) -> int | float:
+    """int or float from a number or its string; an integral float is an int, a bool neither."""
+    error = SpecError(f"{owner}: {name}={value!r} must be {'an integer' if tp is int else 'a number'}")
+    if isinstance(value, bool):
+        raise error
+    if tp is int and isinstance(value, float):
+        if value.is_integer():
+            return int(value)
+        raise error
+    if isinstance(value, (int, float, str)):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    raise error
 
 
 def _split_list(value: Any, owner: str, name: str) -> list[Any]:

@@ -57,6 +57,7 @@ class DataModule:
     val: Dataset
     test: Dataset
     collate: Callable[[Any], Batch] = None  # type: ignore[assignment]
+    train_eval: Dataset | None = None  # the train split with evaluation transforms (valuation passes)
 
     def __post_init__(self) -> None:
         if self.collate is None:
@@ -123,6 +124,12 @@ class KeepMaskDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.entries.shape[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the base split (its augmentations are keyed by epoch)."""
+        set_epoch = getattr(self.base, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
 
     def __getitem__(self, i: int) -> Batch:
         sample = dict(self.base[int(self.entries[i])])

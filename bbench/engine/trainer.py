@@ -146,6 +146,9 @@ class Trainer:
         with self.flops.count("epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
         loss_sum, steps, correct, seen = 0.0, 0, {}, 0
+        set_epoch = getattr(train_set, "set_epoch", None)
+        if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)
+            set_epoch(epoch)
         for phase in range(self.method.phases(epoch)):
             loader = self.train_loader(train_set, epoch, phase)
             n_b = len(loader)

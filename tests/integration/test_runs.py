@@ -160,3 +160,16 @@ def test_sampled_flop_count_is_within_two_percent_of_counting_every_step(small_r
     full = small_run(method, **settings, **params, **{"train.flops": "all"}).metrics
     assert full["train_flops_estimated"] == 0 and sampled["train_flops_estimated"] > 0
     assert sampled["train_flops"] == pytest.approx(full["train_flops"], rel=0.02)
+
+
+def test_tensorboard_scalars_are_written_when_tensorboard_is_installed(small_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = small_run("OGM", start=0)
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "val_acc", "lr", "method/coef_a", "method/active"} <= tags
+    assert [e.value for e in events.Scalars("val_acc")] == pytest.approx(
+        [h["val_acc"] for h in result.history])

@@ -1,0 +1,38 @@
+"""Per-epoch TensorBoard scalars, written only when the `tensorboard` package is installed."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("bbench")
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class TensorBoardLogger:
+    """A Trainer callback: every numeric entry of the epoch record becomes a scalar.
+
+    Method logs appear as `method/<key>` (e.g. `method/coef_audio`), everything else under
+    its record name (`train_loss`, `val_acc`, `val_acc_<m>`, `lr`).
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key == "method":
+                for name, v in value.items():
+                    self.writer.add_scalar(f"method/{name}", v, epoch)
+            elif isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
