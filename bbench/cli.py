@@ -1,4 +1,4 @@
-"""Command line: `python -m bbench run | bench | list | info | datasets` (and `bbench ...`).
+"""Command line: `python -m bbench run | bench | list | info | prepare | datasets` (and `bbench ...`).
 
 A thin layer over the library. BalanceMM-style flags are accepted: `--trainer OGM
 --dataset CREMAD --alpha 0.5 --device 0`; any `--key value` that is not a bbench flag is
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("what", nargs="?", default="all",
                         choices=["all", "methods", "datasets", "encoders", "fusions", "presets"])
     sub.add_parser("info", help="versions and whether the compiled kernels loaded")
+    p_prepare = sub.add_parser("prepare", help="raw public downloads -> the on-disk formats the loaders read")
+    from bbench.prepare.cli import add_arguments as add_prepare_arguments
+    add_prepare_arguments(p_prepare)
     p_data = sub.add_parser("datasets", help="dataset details")
     p_data.add_argument("--info", metavar="DATASET", required=True)
     return parser
@@ -219,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "info":
             return cmd_info()
+        if args.command == "prepare":
+            from bbench.prepare.cli import run_args
+            return run_args(args)
         return cmd_datasets(args)
     except EXPECTED_ERRORS as err:
         print(f"bbench: error: {err}", file=sys.stderr)

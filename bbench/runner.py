@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
@@ -106,6 +107,7 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
     if run_dir is None:
         run_dir = new_run_dir(spec, method.run_label())
         (run_dir / SPEC_NAME).write_text(json.dumps(to_dict(spec), indent=1))
+    _keep_split_lists(data, run_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
@@ -182,6 +184,14 @@ def forward_flops(method, model, data, device: torch.device) -> dict[str, Any]:
     finally:
         model.train(was_training)
     return {"forward_flops_per_sample": total, "encoder_forward_flops": per_encoder}
+
+
+def _keep_split_lists(data, run_dir: Path) -> None:
+    """Copy a carved-out validation id list next to the record (datasets.md §0.3)."""
+    listing = getattr(data.val, "id_list_path", None)
+    if listing is not None and Path(listing).is_file():
+        (run_dir / "splits").mkdir(exist_ok=True)
+        shutil.copy2(listing, run_dir / "splits" / Path(listing).name)
 
 
 def _peak_memory(device: torch.device) -> int:

@@ -45,7 +45,10 @@ def resolve_modalities(entry: DatasetEntry, requested: tuple[str, ...] | None) -
     if not requested:
         return entry.modalities
     if entry.open_modalities:
-        return check_modality_names(requested)
+        try:
+            return check_modality_names(requested)
+        except ValueError as err:
+            raise ValueError(f"dataset {entry.name}: {err}") from None
     unknown = [m for m in requested if m not in entry.available_modalities]
     if unknown:
         raise ValueError(

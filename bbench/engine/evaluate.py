@@ -6,6 +6,7 @@ the method's own evaluation logits, every sample counted (no dropped last batch)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,13 +16,16 @@ from torch.utils.data import DataLoader, Dataset
 from bbench.data.base import Batch, collate_samples
 from bbench.metrics.classification import accuracy, macro_f1
 
+if TYPE_CHECKING:
+    from bbench.methods.base import Method
+
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}
 
 
-def eval_loader(dataset: Dataset, batch_size: int, collate=collate_samples,
+def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_samples,
                 num_workers: int = 0) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                       collate_fn=collate, num_workers=num_workers)
@@ -36,7 +40,7 @@ class SplitPredictions:
 
 
 @torch.no_grad()
-def predict(method, model: nn.Module, loader: DataLoader, device: torch.device) -> SplitPredictions:
+def predict(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device) -> SplitPredictions:
     """Run the method's evaluation forward over a loader, restoring the model's mode after."""
     was_training = model.training
     model.eval()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
 import torch
 from torch import nn
@@ -22,8 +22,11 @@ from bbench.engine.evaluate import move_batch
 from bbench.models.fusion import FusionHead
 from bbench.models.multimodal import MultimodalModel
 
+if TYPE_CHECKING:
+    from bbench.methods.base import Method
+
 Mask = Literal["input", "feature"]
-Path = Literal["one-pass-linear", "one-pass-stacked", "masked-passes"]
+EvalPath = Literal["one-pass-linear", "one-pass-stacked", "masked-passes"]
 
 
 def subset_members(subset: int, num_modalities: int) -> tuple[int, ...]:
@@ -81,7 +84,7 @@ class ShapleyResult:
     values: dict[str, float]  # φ per modality name
     subset_accuracy: dict[str, float]  # v(S), keyed by '+'-joined names ('∅' for the empty set)
     imbalance: float
-    path: Path
+    path: EvalPath
     samples: int
 
     @property
@@ -96,9 +99,9 @@ def subset_name(subset: int, names: Sequence[str]) -> str:
     return "+".join(names[m] for m in members) if members else "∅"
 
 
-def choose_path(method, model: nn.Module, fast: bool = True) -> Path:
+def choose_path(method: "Method", model: nn.Module) -> EvalPath:
     """The cheapest path that computes exactly the masked-evaluation predictions."""
-    if fast and isinstance(model, MultimodalModel) and method.default_eval:
+    if isinstance(model, MultimodalModel) and method.default_eval:
         return "one-pass-linear" if _is_linear(model) else "one-pass-stacked"
     return "masked-passes"
 
@@ -108,8 +111,8 @@ def _is_linear(model: MultimodalModel) -> bool:
 
 
 @torch.no_grad()
-def subset_correct_counts(method, model: nn.Module, loader: DataLoader, device: torch.device,
-                          mask: Mask = "input", path: Path | None = None) -> tuple[torch.Tensor, int]:
+def subset_correct_counts(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device,
+                          mask: Mask = "input", path: EvalPath | None = None) -> tuple[torch.Tensor, int]:
     """counts[s] = number of samples whose fused prediction is right with subset s present."""
     path = path or choose_path(method, model)
     was_training = model.training
@@ -141,7 +144,7 @@ def subset_correct_counts(method, model: nn.Module, loader: DataLoader, device: 
     return counts, total
 
 
-def _masked_pass_counts(method, model, batch, mask: Mask, M: int) -> torch.Tensor:
+def _masked_pass_counts(method: "Method", model: nn.Module, batch: dict, mask: Mask, M: int) -> torch.Tensor:
     counts = torch.zeros(1 << M, dtype=torch.long)
     labels = batch["label"]
     for s in range(1 << M):
@@ -155,7 +158,8 @@ def _masked_pass_counts(method, model, batch, mask: Mask, M: int) -> torch.Tenso
     return counts
 
 
-def _stacked_counts(model: MultimodalModel, features, absent, labels) -> torch.Tensor:
+def _stacked_counts(model: MultimodalModel, features: list[torch.Tensor],
+                    absent: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     M, B = len(features), labels.shape[0]
     variants = [torch.cat([f if s >> m & 1 else a.expand_as(f) for s in range(1 << M)])
                 for m, (f, a) in enumerate(zip(features, absent))]
@@ -163,8 +167,8 @@ def _stacked_counts(model: MultimodalModel, features, absent, labels) -> torch.T
     return (logits.argmax(-1) == labels[None]).sum(1).cpu()
 
 
-def compute_shapley(method, model: nn.Module, loader: DataLoader, device: torch.device,
-                    mask: Mask = "input", path: Path | None = None) -> ShapleyResult:
+def compute_shapley(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device,
+                    mask: Mask = "input", path: EvalPath | None = None) -> ShapleyResult:
     path = path or choose_path(method, model)
     counts, total = subset_correct_counts(method, model, loader, device, mask, path)
     names = method.eval_modalities(model)

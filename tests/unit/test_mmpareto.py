@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from bbench.methods.mmpareto import combine_tensor, pareto_weights
-from conftest import grads_of, one_step, toy_batch, toy_info
+from bbench.testing.methods import grads_of, one_step, toy_batch, toy_info
 
 INFO = toy_info(dims=(6, 5), num_classes=4)
 BATCH = toy_batch(INFO, n=16)
@@ -71,12 +71,21 @@ def test_head_gets_sum_of_all_loss_gradients_and_no_conflict_gives_gamma_sum():
     names = [n for n, _ in model.named_parameters()]
     grads = grads_of(model)
     logged = trainer.method.log.flush()
-    for i, (name, p) in enumerate(zip(names, params)):
+    for i, name in enumerate(names):
         if name.startswith("head."):
             expected = g_mm[i] + sum(g[i] for g in g_uni if g[i] is not None)
             torch.testing.assert_close(grads[name], expected)
     for mi, m in enumerate(INFO.modalities):
-        if logged[f"cos_{m}"] > 0:
-            for i, name in enumerate(names):
-                if name.startswith(f"encoders.{m}."):
-                    torch.testing.assert_close(grads[name], 1.5 * (g_mm[i] + g_uni[mi][i]))
+        mine = [i for i, name in enumerate(names) if name.startswith(f"encoders.{m}.")]
+        flat_mm = torch.cat([g_mm[i].flatten() for i in mine])
+        flat_m = torch.cat([g_uni[mi][i].flatten() for i in mine])
+        cos = float(flat_mm @ flat_m / (flat_mm.norm() * flat_m.norm()))
+        assert logged[f"cos_{m}"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
+        k0, k1, _ = pareto_weights(flat_mm, flat_m)
+        for i in mine:
+            if cos > 0:  # no conflict: exactly gamma * (g_mm + g_m)
+                torch.testing.assert_close(grads[names[i]], 1.5 * (g_mm[i] + g_uni[mi][i]))
+            else:  # conflict: min-norm direction, norm gamma * max(t, |u|)
+                u = 2 * (k0 * g_mm[i] + k1 * g_uni[mi][i])
+                t = (g_mm[i] + g_uni[mi][i]).norm()
+                assert float(grads[names[i]].norm()) == pytest.approx(1.5 * max(float(t), float(u.norm())), rel=1e-5)

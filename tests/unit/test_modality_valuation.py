@@ -3,7 +3,7 @@ import torch
 
 from bbench.methods.modality_valuation import coalition_values, sample_copy_counts
 from bbench.metrics.shapley import shapley_tensor
-from conftest import one_step, toy_batch, toy_info
+from bbench.testing.methods import one_step, toy_batch, toy_info
 
 
 def test_sample_level_copy_counts_follow_the_strict_thresholds():

@@ -4,7 +4,7 @@ import torch
 from bbench.config.specs import ModelSpec
 from bbench.models.fusion import FUSIONS, build_fusion
 from bbench.models.multimodal import apply_keep, build_multimodal_model, check_modality_names
-from conftest import toy_batch, toy_info
+from bbench.testing.methods import toy_batch, toy_info
 
 ADDITIVE = ["concat", "sum", "shared"]
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bbench.methods.ogm import ogm_coefficients
-from conftest import grads_of, one_step, toy_batch, toy_info
+from bbench.testing.methods import grads_of, one_step, toy_batch, toy_info
 
 INFO = toy_info(dims=(64, 9), num_classes=4)
 BATCH = toy_batch(INFO, n=32)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bbench.methods.opm import drop_probabilities
-from conftest import grads_of, one_step, toy_batch, toy_info
+from bbench.testing.methods import grads_of, one_step, toy_batch, toy_info
 
 INFO = toy_info(dims=(8, 8), num_classes=3)
 BATCH = toy_batch(INFO, n=64)

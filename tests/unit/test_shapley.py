@@ -1,4 +1,3 @@
-import itertools
 import math
 
 import pytest
@@ -13,7 +12,7 @@ from bbench.metrics.shapley import (
 from bbench.models.multimodal import build_multimodal_model
 from bbench.data.base import TensorMultimodalDataset
 from torch.utils.data import DataLoader
-from conftest import toy_info
+from bbench.testing.methods import toy_info
 
 values_for = lambda M: st.lists(st.floats(0, 1), min_size=1 << M, max_size=1 << M)  # noqa: E731
 

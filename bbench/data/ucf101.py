@@ -1,0 +1,224 @@
+"""UCF-101 (`ucf101`): 101 actions, TV-L1 optical flow + RGB frames (datasets.md §2.5).
+
+Official split 1 by default. The class of a list line is its folder part looked up in
+`classInd.txt` (label = index − 1), because file names may differ in case from the folder
+(`HandstandPushups/v_HandStandPushups_…`). Train transforms: resize + one horizontal flip
+per sample, shared by RGB and flow (flipping flow mirrors both planes and negates u). Flow
+pixels p are scaled to [−1, 1] as (p/255 − 0.5)/0.5, so 128 ≈ no motion ≈ 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from bbench.config.fields import param
+from bbench.config.specs import DatasetSpec
+from bbench.data.av_common import (CommonOptions, DataFormatError, SkipReport,
+                                   carve_and_assemble, data_path, dataset_root, decode_image,
+                                   frame_indices, index_cache_dir, list_clip_frames, missing,
+                                   normalise_rgb, pick_option, read_text_lines, resize_exact,
+                                   stack_frames)
+from bbench.data.base import DataInfo, DataModule
+from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
+
+NAME = "ucf101"
+MODALITIES = ("flow", "visual")
+NUM_CLASSES = 101
+
+LAYOUT = """<root>/
+  ucfTrainTestlist/classInd.txt      [stat_path]   "1 ApplyEyeMakeup" … "101 YoYo"
+  ucfTrainTestlist/trainlist01.txt   [train_txt]   "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1"
+  ucfTrainTestlist/testlist01.txt    [test_txt]    "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"
+  rgb/v_<…>/frame_00001.jpg …        [visual_path] RGB frames
+  flow/u/v_<…>/frame000001.jpg …     [flow_path_u] TV-L1 horizontal flow, 8-bit gray
+  flow/v/v_<…>/frame000001.jpg …     [flow_path_v] TV-L1 vertical flow, 8-bit gray"""
+
+
+@dataclass(frozen=True)
+class UCF101Options(CommonOptions):
+    """UCF-101 options; bracketed BalanceMM keys in LAYOUT are accepted as aliases."""
+
+    frames_per_clip: int = param(3, ge=1, doc="RGB frames per clip")
+    flow_frames: int = param(3, ge=1, doc="flow frames (u, v pairs) per clip")
+    split: int = param(1, ge=1, le=3, doc="official train/test split")
+    class_index: Optional[str] = None
+    train_list: Optional[str] = None
+    test_list: Optional[str] = None
+    rgb_dir: Optional[str] = None
+    flow_u_dir: Optional[str] = None
+    flow_v_dir: Optional[str] = None
+    stat_path: Optional[str] = param(None, doc="BalanceMM alias of class_index")
+    train_txt: Optional[str] = param(None, doc="BalanceMM alias of train_list")
+    test_txt: Optional[str] = param(None, doc="BalanceMM alias of test_list")
+    visual_path: Optional[str] = param(None, doc="BalanceMM alias of rgb_dir")
+    flow_path_u: Optional[str] = param(None, doc="BalanceMM alias of flow_u_dir")
+    flow_path_v: Optional[str] = param(None, doc="BalanceMM alias of flow_v_dir")
+
+
+def read_class_index(path: Path) -> dict[str, int]:
+    """Class name → label (classInd index − 1)."""
+    classes: dict[str, int] = {}
+    for n, line in enumerate(read_text_lines(path, NAME, "class index", LAYOUT), start=1):
+        fields = line.split()
+        if len(fields) != 2 or not fields[0].isdigit():
+            raise DataFormatError(f"{NAME}: {path}, line {n}: expected '<index> <ClassName>', "
+                                  f"got {line!r}")
+        classes[fields[1]] = int(fields[0]) - 1
+    if sorted(classes.values()) != list(range(len(classes))):
+        raise DataFormatError(f"{NAME}: {path}: class indices must run 1..{len(classes)}")
+    return classes
+
+
+def read_list(path: Path, classes: dict[str, int]) -> list[tuple[str, int]]:
+    """(clip name, label) of `<Class>/<v_clip>.avi [label]` lines; class from the folder part."""
+    folded = {name.lower(): label for name, label in classes.items()}
+    rows: list[tuple[str, int]] = []
+    for n, line in enumerate(read_text_lines(path, NAME, "list file", LAYOUT), start=1):
+        entry = line.split()[0].replace("\\", "/")
+        if "/" not in entry:
+            raise DataFormatError(f"{NAME}: {path}, line {n}: expected '<Class>/<clip>.avi', "
+                                  f"got {line!r}")
+        folder, file_name = entry.split("/")[-2:]
+        label = classes.get(folder, folded.get(folder.lower()))
+        if label is None:
+            raise DataFormatError(f"{NAME}: {path}, line {n}: class {folder!r} is not in the "
+                                  f"class index")
+        rows.append((Path(file_name).stem, label))
+    return rows
+
+
+def flow_transform(u: torch.Tensor, v: torch.Tensor, size: int, flip: bool) -> torch.Tensor:
+    """(T, 2, size, size) in [−1, 1] from uint8 (T, 1, H, W) u and v planes.
+
+    A flip mirrors both planes and negates u (p → 255 − p): horizontal motion changes sign.
+    """
+    flow = resize_exact(torch.cat([u, v], dim=1), size)
+    if flip:
+        flow = flow.flip(-1)
+        flow[:, 0] = 255 - flow[:, 0]
+    return flow.float().div_(255.0).sub_(0.5).div_(0.5)
+
+
+@dataclass(frozen=True)
+class Clip:
+    id: str
+    label: int
+    rgb_dir: Path
+    rgb: tuple[str, ...]
+    u_dir: Path
+    v_dir: Path
+    u: tuple[str, ...]
+    v: tuple[str, ...]
+
+
+class UCF101Reader:
+    def __init__(self, clips: list[Clip], modalities: tuple[str, ...],
+                 options: UCF101Options) -> None:
+        self.dataset = NAME
+        self.clips = clips
+        self.ids = [c.id for c in clips]
+        self.labels = [c.label for c in clips]
+        self.modalities = modalities
+        self.options = options
+
+    def load(self, position: int, rng: Optional[np.random.Generator],
+             warn: Callable[[str, str], None]) -> dict[str, torch.Tensor]:
+        clip, opts = self.clips[position], self.options
+        out: dict[str, torch.Tensor] = {}
+        rgb_picks = (frame_indices(len(clip.rgb), opts.frames_per_clip, rng)
+                     if "visual" in self.modalities else [])
+        n_flow = min(len(clip.u), len(clip.v))
+        flow_picks = (frame_indices(n_flow, opts.flow_frames, rng)
+                      if "flow" in self.modalities else [])
+        flip = bool(rng.random() < 0.5) if rng is not None else False
+        if "flow" in self.modalities:
+            u = stack_frames([decode_image(clip.u_dir / clip.u[k], str(clip.u_dir / clip.u[k]),
+                                           "L", NAME) for k in flow_picks])
+            v = stack_frames([decode_image(clip.v_dir / clip.v[k], str(clip.v_dir / clip.v[k]),
+                                           "L", NAME) for k in flow_picks])
+            if u.shape[-2:] != v.shape[-2:]:
+                v = TF.resize(v, list(u.shape[-2:]), antialias=True)
+            out["flow"] = flow_transform(u, v, opts.image_size, flip)
+        if "visual" in self.modalities:
+            frames = stack_frames([decode_image(clip.rgb_dir / clip.rgb[k],
+                                                str(clip.rgb_dir / clip.rgb[k]), "RGB", NAME)
+                                   for k in rgb_picks])
+            frames = resize_exact(frames, opts.image_size)
+            out["visual"] = normalise_rgb(frames.flip(-1) if flip else frames)
+        return out
+
+
+def build_ucf101(spec: DatasetSpec, options: UCF101Options) -> DataModule:
+    owner = f"dataset {NAME}"
+    modalities = resolve_modalities(ENTRY, spec.modalities)
+    root = dataset_root(NAME, spec.root, LAYOUT)
+    lists_dir = "ucfTrainTestlist"
+    class_path = data_path(root, pick_option(options, "class_index", "stat_path", owner=owner),
+                           f"{lists_dir}/classInd.txt")
+    lists = {"train": data_path(root, pick_option(options, "train_list", "train_txt", owner=owner),
+                                f"{lists_dir}/trainlist{options.split:02d}.txt"),
+             "test": data_path(root, pick_option(options, "test_list", "test_txt", owner=owner),
+                               f"{lists_dir}/testlist{options.split:02d}.txt")}
+    rgb_dir = data_path(root, pick_option(options, "rgb_dir", "visual_path", owner=owner), "rgb")
+    u_dir = data_path(root, pick_option(options, "flow_u_dir", "flow_path_u", owner=owner), "flow/u")
+    v_dir = data_path(root, pick_option(options, "flow_v_dir", "flow_path_v", owner=owner), "flow/v")
+    folders = {"visual": [("RGB frame folder", rgb_dir)],
+               "flow": [("flow u folder", u_dir), ("flow v folder", v_dir)]}
+    for m in modalities:
+        for what, folder in folders[m]:
+            if not folder.is_dir():
+                raise missing(NAME, what, folder, LAYOUT)
+    classes = read_class_index(class_path)
+    cache = index_cache_dir(options)
+    readers, reports = {}, {}
+    for split, list_path in lists.items():
+        listed = read_list(list_path, classes)
+        report = SkipReport(NAME, split, listed=len(listed))
+        seen: set[str] = set()
+        unique = []
+        for clip_id, label in listed:
+            if clip_id in seen:
+                report.skip(clip_id, "listed twice")
+            else:
+                seen.add(clip_id)
+                unique.append((clip_id, label))
+        names = [c for c, _ in unique]
+        listing = {m: {} for m in ("rgb", "u", "v")}
+        if "visual" in modalities:
+            listing["rgb"] = list_clip_frames(rgb_dir, names, cache, f"{NAME}-{split}-rgb")
+        if "flow" in modalities:
+            listing["u"] = list_clip_frames(u_dir, names, cache, f"{NAME}-{split}-flow-u")
+            listing["v"] = list_clip_frames(v_dir, names, cache, f"{NAME}-{split}-flow-v")
+        clips = []
+        for clip_id, label in unique:
+            rgb = tuple(listing["rgb"].get(clip_id, ()))
+            u, v = tuple(listing["u"].get(clip_id, ())), tuple(listing["v"].get(clip_id, ()))
+            if "visual" in modalities and not rgb:
+                report.skip(clip_id, f"no frames in {rgb_dir / clip_id}")
+            elif "flow" in modalities and not min(len(u), len(v)):
+                report.skip(clip_id, f"no flow frames in {u_dir / clip_id} and {v_dir / clip_id}")
+            else:
+                clips.append(Clip(clip_id, label, rgb_dir / clip_id, rgb, u_dir / clip_id,
+                                  v_dir / clip_id, u, v))
+        readers[split], reports[split] = UCF101Reader(clips, modalities, options), report
+    size = options.image_size
+    shapes = {"flow": (options.flow_frames, 2, size, size),
+              "visual": (options.frames_per_clip, 3, size, size)}
+    info = DataInfo(name=NAME, modalities=modalities, num_classes=len(classes),
+                    input_shapes={m: shapes[m] for m in modalities},
+                    input_dtypes={m: torch.float32 for m in modalities})
+    return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],
+                              reports, LAYOUT, [str(root.resolve()), str(lists["train"])])
+
+
+ENTRY = register_dataset(DatasetEntry(
+    name=NAME, build=build_ucf101, options=UCF101Options, modalities=MODALITIES,
+    available_modalities=MODALITIES, num_classes=NUM_CLASSES,
+    description="UCF-101 split 1: TV-L1 flow + RGB frames, 101 actions",
+    preset=NAME, info_text=lambda: f"expected layout:\n{LAYOUT}"),
+    aliases=("UCF-101",))  # "UCF101" matches case-insensitively
