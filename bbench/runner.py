@@ -165,6 +165,7 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         "samples_per_second": fit.samples_seen / fit.train_seconds if fit.train_seconds else 0.0,
         "best_epoch": fit.best_epoch,
         "val_acc": fit.best_val.get("acc"),
+        "num_params": sum(p.numel() for p in model.parameters()),
         **forward_flops(method, model, data, device),
     })
     return metrics, extra, fit.history

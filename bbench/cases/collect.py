@@ -1,0 +1,214 @@
+"""From a declaration file to concrete cases: import, expand grids, apply refinements, check ids.
+
+Expansion reads the method and dataset registries, so collecting cases imports torch (the
+plugin only does this when a case file is collected).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from bbench.cases.dsl import (
+    ALL, Case, CaseDecl, DatasetDecl, DeclarationError, Grid, Layer, Refine)
+
+FAMILY_ORDER = ("reference", "Data", "Feed-forward", "Objective", "Optimization")
+
+
+@dataclass
+class Declarations:
+    """The concrete cases of one declaration file, in run order, plus what was left out."""
+
+    path: Path
+    cases: list[Case]
+    excluded: dict[str, str] = field(default_factory=dict)  # dataset -> reason
+    undeclared: list[str] = field(default_factory=list)  # registered datasets nobody declared
+
+
+def load_module(path: Path) -> Any:
+    """Import a declaration file under a private module name (no sys.path changes)."""
+    path = Path(path).resolve()
+    name = "bbench_cases_" + hashlib.sha1(str(path).encode()).hexdigest()[:12] + "_" + re.sub(
+        r"\W", "_", path.stem)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover
+        raise DeclarationError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def load_declarations(path: Path) -> Declarations:
+    module = load_module(path)
+    items = getattr(module, "CASES", None)
+    if items is None:
+        raise DeclarationError(f"{path}: a case declaration file must define CASES = [grid(...), ...]")
+    return expand(items, Path(path))
+
+
+def expand(items: Iterable[Any], path: Path) -> Declarations:
+    cases: list[Case] = []
+    refines: list[Refine] = []
+    result = Declarations(Path(path), cases)
+    for item in items:
+        if isinstance(item, Grid):
+            grid_cases, excluded, undeclared = expand_grid(item)
+            cases += grid_cases
+            result.excluded.update(excluded)
+            result.undeclared += [u for u in undeclared if u not in result.undeclared]
+        elif isinstance(item, CaseDecl):
+            cases.append(expand_case(item))
+        elif isinstance(item, Refine):
+            refines.append(item)
+        else:
+            raise DeclarationError(f"{path}: CASES holds {item!r}; expected grid(...), case(...) or "
+                                   f"refine(...)")
+    for r in refines:
+        hits = 0
+        for i, c in enumerate(cases):
+            if r.matches(c.id):
+                cases[i] = r.apply(c)
+                hits += 1
+        if not hits and not r.optional:
+            raise DeclarationError(f"refine({r.pattern!r}) at {r.origin} matches no case; check the "
+                                   f"pattern against `pytest --collect-only -q`, or pass optional=True")
+    seen: dict[str, Case] = {}
+    for c in cases:
+        if c.id in seen:
+            raise DeclarationError(f"duplicate case id {c.id!r}: declared at {seen[c.id].origin} and "
+                                   f"at {c.origin}")
+        seen[c.id] = c
+    return result
+
+
+def order_methods(names: Iterable[str], per_modality: Iterable[str] = ()) -> list[str]:
+    """Per-modality rows first, then reference, the four families, others, evaluation last."""
+    from bbench.methods.registry import METHODS
+
+    names = list(names)
+    first = set(per_modality)
+
+    def rank(name: str) -> tuple[int, int]:
+        family = METHODS.get(name).family
+        if name in first:
+            r = 0
+        elif family in FAMILY_ORDER:
+            r = 1 + FAMILY_ORDER.index(family)
+        elif family == "evaluation":
+            r = 99
+        else:
+            r = 50
+        return r, names.index(name)
+
+    return sorted(names, key=rank)
+
+
+def inapplicable(cls: type, modalities: tuple[str, ...]) -> str | None:
+    """Why `cls` cannot run on data with these modalities (class attributes), or None."""
+    most = getattr(cls, "max_modalities", None)
+    least = getattr(cls, "min_modalities", None)
+    m = len(modalities)
+    if most is not None and m > most:
+        return (f"{cls.name} handles at most {most} modalities; this dataset has {m} "
+                f"({', '.join(modalities)})")
+    if least is not None and m < least:
+        return f"{cls.name} needs at least {least} modalities; this dataset has {m}"
+    return None
+
+
+def token(text: str) -> str:
+    """A string as an id token: characters outside [A-Za-z0-9_] become '_'."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", text)
+
+
+def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str], list[str]]:
+    from bbench.data.registry import DATASETS
+    from bbench.methods.registry import METHODS
+
+    if g.methods == ALL:
+        methods = list(METHODS)
+    else:
+        methods = [METHODS.canonical(m) for m in g.methods]
+    per_modality = {METHODS.canonical(k): v for k, v in g.per_modality.items() if k in METHODS}
+    methods = order_methods(methods, per_modality)
+
+    def by_method(mapping: dict) -> dict:
+        return {("*" if k == "*" else METHODS.canonical(k)): v for k, v in mapping.items()
+                if k == "*" or k in METHODS}
+
+    params, expect, inputs = by_method(g.params), by_method(g.expect), by_method(g.inputs)
+    skips = {(m.lower(), d.lower()): reason for (m, d), reason in g.skip.items()}
+
+    datasets = list(g.datasets)
+    for d in datasets:
+        if d.name in DATASETS and DATASETS.canonical(d.name) != d.name:
+            raise DeclarationError(f"dataset {d.name!r} at {d.origin}: use the canonical id "
+                                   f"{DATASETS.canonical(d.name)!r}")
+    declared = {d.name for d in datasets}
+    excluded = {DATASETS.canonical(n) if n in DATASETS else n: r for n, r in g.exclude_datasets.items()}
+    undeclared = [n for n in DATASETS if n not in declared and n not in excluded]
+    if g.undeclared == "skip":
+        used = {d.token.lower() for d in datasets}
+        for name in undeclared:
+            tok = token(name)
+            while tok.lower() in used:
+                tok += "_"
+            used.add(tok.lower())
+            reason = (f"dataset {name!r} is registered but not declared in {Path(g.origin.path).name}: "
+                      f"declare it (dataset(...) or paper_dataset(...)) or list it in "
+                      f"exclude_datasets with a reason")
+            datasets.append(DatasetDecl(name, tok, "embedded", {}, {p: reason for p in
+                                                                     ("smoke", "quick", "paper")},
+                                        None, g.origin))
+
+    cases: list[Case] = []
+    for d in datasets:
+        undeclared_reason = d.reasons.get("smoke") if d.name in undeclared else None
+        modalities = d.modalities()
+        for method in methods:
+            cls = METHODS.get(method)
+            reason = (undeclared_reason or skips.get((method.lower(), d.name.lower()))
+                      or skips.get((method.lower(), d.token.lower())) or inapplicable(cls, modalities))
+            base = dict(params.get("*", {}))
+            base.update(params.get(method, {}))
+            exps = tuple(expect.get("*", ())) + tuple(expect.get(method, ()))
+            common = dict(dataset=d, inputs=dict(inputs.get(method, {})), expect=exps, skip=reason,
+                          family=cls.family, origin=g.origin)
+            if method in per_modality:
+                for m in modalities:
+                    layer = Layer({**base, per_modality[method]: m})
+                    cases.append(Case(f"{method}_{token(m)}-{d.token}", method, layers=(layer,),
+                                      modality=m, **common))
+            else:
+                cases.append(Case(f"{method}-{d.token}", method, layers=(Layer(base),) if base else (),
+                                  **common))
+    return cases, excluded, undeclared
+
+
+def expand_case(c: CaseDecl) -> Case:
+    from bbench.methods.registry import METHODS
+
+    cls = METHODS.get(c.method)
+    method = METHODS.canonical(c.method)
+    if c.modalities:
+        available = c.dataset.modalities()
+        unknown = [m for m in c.modalities if m not in available]
+        if unknown:
+            raise DeclarationError(f"case at {c.origin}: modality {unknown[0]!r} is not one of "
+                                   f"{', '.join(available)} ({c.dataset.name})")
+    suffix = "".join(f"_{token(m)}" for m in c.modalities) if c.modalities else ""
+    case_id = c.id or f"{method}{suffix}-{c.dataset.token}"
+    reason = c.skip or inapplicable(cls, c.modalities or c.dataset.modalities())
+    layers = (Layer(dict(c.params), dict(c.overrides)),) if (c.params or c.overrides) else ()
+    return Case(case_id, method, c.dataset, layers, c.modalities, None, dict(c.inputs), c.expect,
+                reason, cls.family, c.origin)
+
