@@ -7,7 +7,6 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from bbench.config.fields import SpecError
 from bbench.config.specs import DatasetSpec
 from bbench.data import DataModule, build_datamodule
 
