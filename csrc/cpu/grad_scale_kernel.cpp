@@ -8,17 +8,16 @@
 // chunks with at::parallel_for; the inner loops are plain loops that the compiler vectorises
 // (with an AVX2 clone chosen at run time where the compiler supports target_clones).
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <vector>
 
 #include "../checks.h"
+#include "../noise_seed.h"
 #include "../philox_normal.h"
 #include "vectorize.h"
 
@@ -207,16 +206,7 @@ void grad_scale_cpu(at::TensorList grads, const at::Tensor& group, const at::Ten
   for (int64_t i = 0; i < nt; ++i) gidx[i] = gp[i * gs];
   bool any_noise = false;
   for (int64_t i = 0; i < nt; ++i) any_noise = any_noise || ns[gidx[i]] != 0.0;
-  uint64_t seed_u = 0;
-  if (any_noise) {
-    if (seed.has_value()) {
-      seed_u = static_cast<uint64_t>(*seed);
-    } else {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      seed_u = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
-    }
-  }
+  const uint64_t seed_u = any_noise ? noise_seed(seed) : 0;
 
   // Work on contiguous storage: non-contiguous tensors go through a contiguous copy.
   std::vector<at::Tensor> work(static_cast<size_t>(nt));

@@ -9,7 +9,6 @@
 // counter-based Philox of philox_normal.h, so a seed gives the same numbers whatever the launch
 // geometry (and the same normals as the CPU kernel up to float rounding of the polynomials).
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,10 +17,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <mutex>
 #include <vector>
 
 #include "../checks.h"
+#include "../noise_seed.h"
 #include "cuda_utils.cuh"
 #include "../philox_normal.h"
 
@@ -198,16 +197,7 @@ void grad_scale_cuda(at::TensorList grads, const at::Tensor& group, const at::Te
   const auto group_d = group.to(dev, at::kLong, /*non_blocking=*/true).contiguous();
   const auto coeff_d = to_device_double(coeff, dev);
   const auto noise_d = with_noise ? to_device_double(*noise_std, dev) : coeff_d;
-  uint64_t seed_u = 0;
-  if (with_noise) {
-    if (seed.has_value()) {
-      seed_u = static_cast<uint64_t>(*seed);
-    } else {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      seed_u = at::check_generator<at::CPUGeneratorImpl>(gen)->random64();
-    }
-  }
+  const uint64_t seed_u = with_noise ? noise_seed(seed) : 0;
 
   // Contiguous work tensors (a non-contiguous grad goes through a copy and is written back).
   std::vector<at::Tensor> work(static_cast<size_t>(nt));
