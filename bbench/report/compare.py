@@ -155,6 +155,8 @@ class Delta:
         if self.status == "new":
             return f"{self.case}: {self.metric} = {_fmt(self.observed)} is new (no baseline value){where}"
         verb = {"regression": "regressed", "improvement": "improved", "ok": "within tolerance"}[self.status]
+        if self.status == "regression" and (self.tolerance is None or self.tolerance.better is None):
+            verb = "changed"  # no better direction (FLOPs, parameter counts, I): any move counts
         tol = self.tolerance.describe() if self.tolerance else "no tolerance"
         return (f"{self.case}: {self.metric} {verb}: observed {_fmt(self.observed)}, baseline "
                 f"{_fmt(self.baseline)} (difference {_fmt_signed(self.difference)}; tolerance "
