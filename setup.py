@@ -160,7 +160,7 @@ setup(
     extras_require={
         "prepare": ["imageio-ffmpeg>=0.4.9"],
         "test": ["pytest>=7", "pytest-benchmark", "pytest-xdist", "hypothesis", "tensorboard",
-                 "imageio-ffmpeg>=0.4.9"],
+                 "imageio-ffmpeg>=0.4.9", "fvcore"],
     },
     entry_points={"console_scripts": ["bbench=bbench.cli:main"],
                   "pytest11": ["bbench = bbench.pytest_plugin"]},
