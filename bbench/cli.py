@@ -180,9 +180,36 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("encoders: " + ", ".join(ENCODERS))
     if what in ("all", "fusions"):
         print("fusions: " + ", ".join(FUSIONS))
-    if what in ("all", "presets"):
+    if what == "all":
         print("presets: " + ", ".join(preset_names()))
+    if what == "presets":
+        print(preset_table())
     return 0
+
+
+def preset_table() -> str:
+    """Every dataset's preset, resolved (the paper's settings as bbench will run them)."""
+    from tabulate import tabulate
+
+    from bbench.config.resolve import resolve_spec
+    from bbench.data.registry import DATASETS
+
+    rows = []
+    for name in DATASETS:
+        entry = DATASETS.get(name)
+        if entry.preset != name:
+            continue  # a view set sharing its parent's preset, or no preset (synthetic)
+        spec = resolve_spec("Baseline", name)
+        opt, sched = spec.train.optimizer, spec.train.scheduler
+        encoders = ", ".join(f"{m}: {spec.model.encoders.get(m, spec.model.encoders.get('*')).type}"
+                             for m in entry.modalities)
+        step = f"{sched.step_size}/{sched.gamma:g}" if sched.type == "step" else sched.type
+        momentum = f"{opt.momentum:g}" if opt.type == "sgd" else "-"
+        rows.append([name, opt.type, f"{opt.lr:g}", momentum, f"{opt.weight_decay:g}",
+                     step, spec.train.batch_size, spec.train.epochs, encoders, spec.model.fusion])
+    return tabulate(rows, headers=["preset", "optimizer", "lr", "momentum", "weight decay",
+                                   "StepLR step/gamma", "batch", "epochs", "encoders", "fusion"],
+                    tablefmt="github")
 
 
 def cmd_info() -> int:

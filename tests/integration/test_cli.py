@@ -62,6 +62,20 @@ def test_list_shows_every_registry(capsys):
         assert name in out
 
 
+def test_list_presets_shows_each_paper_preset_resolved(capsys):
+    assert main(["list", "presets"]) == 0
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) == {"mfeat", "cremad", "kinetics_sounds", "balanced_av", "vggsound", "ucf101",
+                         "food101", "cmu_mosei"}
+    # optimizer, lr, momentum, weight decay, StepLR, batch, epochs, encoders, fusion (datasets.md §1)
+    assert rows["vggsound"] == ["adamw", "0.001", "-", "0.001", "10/0.1", "32", "30",
+                                "audio: resnet18, visual: resnet18", "concat"]
+    assert rows["balanced_av"][1] == "0.005" and rows["ucf101"][1] == "0.01"
+    assert rows["food101"][7] == "text: bert, visual: resnet18"
+    assert rows["cmu_mosei"][7] == "audio: transformer, visual: transformer, text: transformer"
+
+
 def test_bench_prints_the_comparison_and_probe_tables(tmp_path: Path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", "--dataset", "mfeat", "--out", str(out), *FAST,
