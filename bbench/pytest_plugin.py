@@ -32,7 +32,8 @@ from typing import Any, Iterator
 
 import pytest
 
-PROFILE_NAMES = ("smoke", "quick", "paper")
+from bbench.cases.dsl import PROFILES as PROFILE_NAMES
+
 DEFAULT_CASE_FILES = "cases_*.py"
 STORAGE = ".bbench"
 SAVE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -253,9 +254,9 @@ class CaseItem(pytest.Item):
 
         state = _state(self.config)
         outcome = state.runner.execute(self.case, self.plan)
-        self.outcome = outcome
         failing = [c for c in outcome.checks if not c.ok]
-        comparison = self._compare(state, outcome.metrics)
+        tracked = tracked_metrics(outcome.metrics)
+        comparison = self._compare(state, tracked)
         if comparison.get("error"):
             failing.append(Check("baseline", False, kind="baseline", detail=comparison["error"]))
         elif not state.update:
@@ -274,14 +275,14 @@ class CaseItem(pytest.Item):
         }
         props = [("bbench.profile", state.profile_name), ("bbench.data", outcome.plan.data),
                  ("bbench.record", str(outcome.result.record_path))]
-        props += [(f"bbench.{k}", v) for k, v in tracked_metrics(outcome.metrics).items()]
+        props += [(f"bbench.{k}", v) for k, v in tracked.items()]
         props.append(("bbench.result", json.dumps(payload, default=str)))
         self.user_properties.extend(props)
         if failing:
             raise CaseFailed(self.case, outcome, failing)
 
-    def _compare(self, state: BBenchState, metrics: dict[str, Any]) -> dict[str, Any]:
-        from bbench.report.compare import compare_metrics, tracked_metrics
+    def _compare(self, state: BBenchState, tracked: dict[str, Any]) -> dict[str, Any]:
+        from bbench.report.compare import compare_metrics
 
         source = state.compare_source(self.path)
         if source is None:
@@ -295,7 +296,7 @@ class CaseItem(pytest.Item):
                 f"(profile {state.profile_name})")}
         if self.case.id not in table.cases:
             return {"source": str(source), "status": "added", "deltas": []}
-        deltas = compare_metrics(self.case.id, table.cases[self.case.id], tracked_metrics(metrics),
+        deltas = compare_metrics(self.case.id, table.cases[self.case.id], tracked,
                                  table.tolerances_of(self.case.id))
         statuses = {d.status for d in deltas}
         status = ("regression" if statuses & {"regression", "missing"} else
@@ -534,8 +535,7 @@ def write_save(state: BBenchState) -> Path:
 
 def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
     """Rewrite each touched baseline: this session's passing cases, others kept, undeclared dropped."""
-    from bbench.report.compare import (
-        BASELINE_SCHEMA, baseline_json, parse_tolerances, tracked_metrics)
+    from bbench.report.compare import BASELINE_SCHEMA, baseline_json, table_from_json, tracked_metrics
 
     by_file: dict[str, list[CaseResult]] = {}
     for r in state.results.values():
@@ -549,12 +549,8 @@ def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
             old = json.loads(path.read_text())
             if old.get("schema") != BASELINE_SCHEMA:
                 raise pytest.UsageError(f"{path} is not a bbench baseline file (schema {old.get('schema')!r})")
-            tolerances = parse_tolerances(old.get("tolerances"), f"{path}: tolerances")
-            for case, entry in (old.get("cases") or {}).items():
-                cases[case] = entry.get("metrics", {})
-                if entry.get("tolerances"):
-                    case_tolerances[case] = parse_tolerances(entry["tolerances"], f"{path}: {case}",
-                                                             defaults=False)
+            table = table_from_json(old, str(path))
+            tolerances, case_tolerances, cases = table.tolerances, table.case_tolerances, table.cases
         declared = state.declared.get(file)
         if declared is not None:
             cases = {c: m for c, m in cases.items() if c in declared}
@@ -663,7 +659,3 @@ def _flops(value: Any) -> str:
 
 def _some(names: list[str], limit: int = 12) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import re
-from importlib import resources
 from pathlib import Path
 
 from bbench.cases import above, below, dataset, floor, grid, paper, paper_dataset, refine, run_of, \
@@ -67,10 +66,8 @@ SEPARATES = ("MMPareto", "OPM", "ModalityValuation")
 
 
 def table2_rows() -> list[dict[str, str]]:
-    """Table 2 in long format: bbench's packaged copy when present, else cases/paper_table2.tsv."""
-    packaged = resources.files("bbench.data") / "resources" / "paper" / "table2.tsv"
-    text = packaged.read_text() if packaged.is_file() else \
-        Path(__file__).with_name("paper_table2.tsv").read_text()
+    """Table 2 of the paper (datasets.md) in long format, from cases/paper_table2.tsv."""
+    text = Path(__file__).with_name("paper_table2.tsv").read_text()
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     return list(csv.DictReader(lines, delimiter="\t"))
 

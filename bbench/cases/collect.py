@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bbench.cases.dsl import (
-    ALL, Case, CaseDecl, DatasetDecl, DeclarationError, Grid, Layer, Refine)
+    ALL, PROFILES, Case, CaseDecl, DatasetDecl, DeclarationError, Grid, Layer, Refine)
 
 FAMILY_ORDER = ("reference", "Data", "Feed-forward", "Objective", "Optimization")
 
@@ -26,7 +26,6 @@ class Declarations:
     path: Path
     cases: list[Case]
     excluded: dict[str, str] = field(default_factory=dict)  # dataset -> reason
-    undeclared: list[str] = field(default_factory=list)  # registered datasets nobody declared
 
 
 def load_module(path: Path) -> Any:
@@ -61,10 +60,9 @@ def expand(items: Iterable[Any], path: Path) -> Declarations:
     result = Declarations(Path(path), cases)
     for item in items:
         if isinstance(item, Grid):
-            grid_cases, excluded, undeclared = expand_grid(item)
+            grid_cases, excluded = expand_grid(item)
             cases += grid_cases
             result.excluded.update(excluded)
-            result.undeclared += [u for u in undeclared if u not in result.undeclared]
         elif isinstance(item, CaseDecl):
             cases.append(expand_case(item))
         elif isinstance(item, Refine):
@@ -130,7 +128,7 @@ def token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
 
-def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str], list[str]]:
+def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str]]:
     from bbench.data.registry import DATASETS
     from bbench.methods.registry import METHODS
 
@@ -166,8 +164,7 @@ def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str], list[str]]:
             reason = (f"dataset {name!r} is registered but not declared in {Path(g.origin.path).name}: "
                       f"declare it (dataset(...) or paper_dataset(...)) or list it in "
                       f"exclude_datasets with a reason")
-            datasets.append(DatasetDecl(name, tok, "embedded", {}, {p: reason for p in
-                                                                     ("smoke", "quick", "paper")},
+            datasets.append(DatasetDecl(name, tok, "embedded", {}, {p: reason for p in PROFILES},
                                         None, g.origin))
 
     cases: list[Case] = []
@@ -191,7 +188,7 @@ def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str], list[str]]:
             else:
                 cases.append(Case(f"{method}-{d.token}", method, layers=(Layer(base),) if base else (),
                                   **common))
-    return cases, excluded, undeclared
+    return cases, excluded
 
 
 def expand_case(c: CaseDecl) -> Case:

@@ -22,6 +22,8 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 
+from bbench.config.resolve import deep_merge
+
 ALL = "*"
 TOKEN = re.compile(r"^[A-Za-z0-9_]+$")
 CASE_ID = re.compile(r"^[A-Za-z0-9_]+-[A-Za-z0-9_]+$")
@@ -260,15 +262,6 @@ class DatasetDecl:
         raise DeclarationError(f"dataset {self.name!r} is not registered and has no stand-in: its "
                                f"modalities are unknown")
 
-    def num_classes(self) -> int:
-        from bbench.data.registry import DATASETS
-
-        if self.name in DATASETS:
-            return DATASETS.get(self.name).num_classes
-        if self.standin is not None:
-            return self.standin.num_classes
-        raise DeclarationError(f"dataset {self.name!r} is not registered and has no stand-in")
-
 
 def dataset(name: str, token: str, *, smoke: Mapping[str, Any] | None = None,
             quick: Mapping[str, Any] | None = None, paper: Mapping[str, Any] | None = None,
@@ -337,14 +330,14 @@ class Case:
         out: dict[str, Any] = {}
         for layer in self.layers:
             if _applies(layer.profiles, profile):
-                out = merge(out, layer.params)
+                out = deep_merge(out, layer.params)
         return out
 
     def overrides_for(self, profile: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for layer in self.layers:
             if _applies(layer.profiles, profile):
-                out = merge(out, layer.overrides)
+                out = deep_merge(out, layer.overrides)
         return out
 
     def expectations_for(self, profile: str) -> list[Expectation]:
@@ -470,14 +463,3 @@ def grid(*, datasets: Sequence[DatasetDecl], methods: Sequence[str] | str = ALL,
                 {k: dict(v) for k, v in (inputs or {}).items()},
                 {k: dict(v) for k, v in (params or {}).items()},
                 {k: tuple(v) for k, v in (expect or {}).items()}, dict(skip or {}), _origin())
-
-
-def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep merge of override dicts (nested dicts such as dataset.options are merged)."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out

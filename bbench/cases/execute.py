@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bbench.cases.dsl import Above, Case, RunOf, RunsPerModality, merge
+from bbench.cases.dsl import Above, Case, RunOf, RunsPerModality
 from bbench.cases.expectations import Check, declared_checks, generic_checks
 from bbench.cases.profiles import PlanContext, Profile, RunPlan
+from bbench.config.resolve import deep_merge
 
 
 @dataclass
@@ -38,7 +39,6 @@ class CaseRunner:
         self.ctx = ctx
         self.out_dir = Path(out_dir)
         self.cache: dict[str, Any] = {}
-        self.runs: list[str] = []  # case ids / reference labels of the runs actually trained
 
     def plan(self, case: Case) -> RunPlan:
         return self.profile.plan(case, self.ctx)
@@ -57,7 +57,6 @@ class CaseRunner:
         output_root.mkdir(parents=True, exist_ok=True)
         result = bbench.run(plan.method, plan.dataset, output_root=str(output_root), **plan.kwargs())
         self.cache[key] = result
-        self.runs.append(plan.case_id)
         return result, False
 
     def reference(self, plan: RunPlan, method: str, params: dict[str, Any]) -> Any:
@@ -66,7 +65,7 @@ class CaseRunner:
 
         cls = METHODS.get(method)
         label = method + "".join(f"_{v}" for v in params.values() if isinstance(v, (str, int)))
-        ref = plan.for_method(cls.name, merge(self.profile.method_params(cls), params), f"{label}-ref")
+        ref = plan.for_method(cls.name, deep_merge(self.profile.method_params(cls), params), f"{label}-ref")
         return self.run(ref, self.out_dir / "_shared")[0]
 
     def inputs(self, case: Case, plan: RunPlan) -> tuple[dict[str, Any], dict[str, str]]:
@@ -91,7 +90,7 @@ class CaseRunner:
     def execute(self, case: Case, plan: RunPlan) -> CaseOutcome:
         started = time.perf_counter()
         inputs, references = self.inputs(case, plan)
-        plan = replace(plan, params=merge(plan.params, inputs))
+        plan = replace(plan, params=deep_merge(plan.params, inputs))
         result, reused = self.run(plan, self.out_dir / case.id)
 
         def reference_metrics(e: Above) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from bbench.cases.dsl import Case, DatasetDecl, merge
+from bbench.cases.dsl import Case, DatasetDecl
+from bbench.config.resolve import deep_merge
 
 # Where the miniature generators live: `MINIATURES` ({dataset id: generator}) and
 # `make_miniature(dataset, root, seed=0) -> bbench.run overrides`; the first module offering
@@ -63,7 +64,7 @@ class RunPlan:
     threads: int | None = None
 
     def kwargs(self) -> dict[str, Any]:
-        return merge(self.overrides, self.params)
+        return deep_merge(self.overrides, self.params)
 
     def key(self) -> str:
         """Cache key: everything that determines the run's result."""
@@ -114,12 +115,12 @@ class Profile:
             raise CaseSkipped(case.skip)
         data = self.data(case.dataset, case, ctx)
         cls = METHODS.get(case.method)
-        params = merge(self.method_params(cls), case.params_for(self.name))
+        params = deep_merge(self.method_params(cls), case.params_for(self.name))
         device = ctx.device or self.default_device(case.dataset)
-        overrides = merge({"progress": False, "device": device}, data.overrides)
+        overrides = deep_merge({"progress": False, "device": device}, data.overrides)
         if case.modalities and data.kind != "stand-in":
             overrides["modalities"] = tuple(case.modalities)
-        overrides = merge(overrides, case.overrides_for(self.name))
+        overrides = deep_merge(overrides, case.overrides_for(self.name))
         return RunPlan(case.id, self.name, case.method, data.dataset, params, overrides, data.kind,
                        data.note, self.threads if device == "cpu" else None)
 
@@ -144,7 +145,7 @@ class Profile:
                 return self.real_data(decl, dict(settings), ctx)
             return self.small_data(decl, case, dict(settings), ctx)
         if decl.explicit_modalities:
-            settings = merge({"modalities": decl.explicit_modalities}, settings)
+            settings = deep_merge({"modalities": decl.explicit_modalities}, settings)
         return DataPlan(decl.name, dict(settings), "embedded")
 
     def not_declared(self, decl: DatasetDecl) -> str:
@@ -161,14 +162,14 @@ class Profile:
                 root = Path(ctx.workdir) / "miniatures" / decl.name
                 root.mkdir(parents=True, exist_ok=True)
                 ctx.miniatures[decl.name] = dict(make(decl.name, root, seed=0))
-            overrides = merge(settings, ctx.miniatures[decl.name])
+            overrides = deep_merge(settings, ctx.miniatures[decl.name])
             root = overrides.get("dataset.root") or overrides.get("root") or ""
             return DataPlan(decl.name, overrides, "miniature", f"at {root}")
         if decl.standin is None:
             raise CaseSkipped(f"{decl.name}: no miniature in {' or '.join(FIXTURES_MODULES)} and no "
                               f"stand-in declared")
         s = decl.standin
-        overrides = merge(s.overrides(case.modalities), settings)
+        overrides = deep_merge(s.overrides(case.modalities), settings)
         return DataPlan("synthetic", overrides, "stand-in",
                         f"(synthetic, {s.num_classes} classes: {', '.join(case.modalities or s.modalities)})")
 
@@ -194,7 +195,7 @@ class Profile:
             if not torch.cuda.is_available():
                 raise CaseSkipped(f"no CUDA device: the {self.name} profile trains {decl.name} on a GPU "
                                   f"(pass --bbench-device cpu to force the CPU)")
-        return DataPlan(decl.name, merge(settings, {"dataset.root": str(root)}), "real", f"at {root}")
+        return DataPlan(decl.name, deep_merge(settings, {"dataset.root": str(root)}), "real", f"at {root}")
 
 
 PROFILES: dict[str, Profile] = {
