@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,9 +56,6 @@ def _cuda_build_problem(torch, cpp_extension) -> str | None:
     cpp_extension.CUDA_HOME = str(home)
     os.environ["CUDA_HOME"] = str(home)
     nvcc = home / "bin" / "nvcc"
-    import re
-    import subprocess
-
     try:
         out = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -76,8 +75,6 @@ def _cuda_home(torch_guess: str | None, cuda_version: str) -> Path | None:
     if nvcc:
         candidates.append(str(Path(nvcc).resolve().parent.parent))
         try:  # a wrapper script: ask nvcc where its toolkit is
-            import subprocess
-
             out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
                                  capture_output=True, text=True).stderr
             for line in out.splitlines():

@@ -201,8 +201,7 @@ def preset_table() -> str:
             continue  # a view set sharing its parent's preset, or no preset (synthetic)
         spec = resolve_spec("Baseline", name)
         opt, sched = spec.train.optimizer, spec.train.scheduler
-        encoders = ", ".join(f"{m}: {spec.model.encoders.get(m, spec.model.encoders.get('*')).type}"
-                             for m in entry.modalities)
+        encoders = ", ".join(f"{m}: {spec.model.encoder_for(m).type}" for m in entry.modalities)
         step = f"{sched.step_size}/{sched.gamma:g}" if sched.type == "step" else sched.type
         momentum = f"{opt.momentum:g}" if opt.type == "sgd" else "-"
         rows.append([name, opt.type, f"{opt.lr:g}", momentum, f"{opt.weight_decay:g}",

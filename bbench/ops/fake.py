@@ -1,17 +1,13 @@
 """Fake (meta) implementations of torch.ops.bbench.*, for FakeTensor tracing (torch.compile,
-torch.export) and ``torch.library.opcheck``. Registered once, right after the library loads."""
+torch.export) and ``torch.library.opcheck``. Registered by the extension loader, which runs once
+per process (bbench.ops._ext.state)."""
 from __future__ import annotations
 
 import torch
 
-_done = False
 
 
 def register() -> None:
-    global _done
-    if _done:
-        return
-
     @torch.library.register_fake("bbench::grad_scale_")
     def _grad_scale_fake(grads, group, coeff, noise_std=None, seed=None):
         torch._check(group.dim() == 1 and group.shape[0] == len(grads),
@@ -27,5 +23,3 @@ def register() -> None:
         s = 2 ** int(m)
         return (contrib.new_empty((n, s), dtype=torch.bool),
                 contrib.new_empty((s,), dtype=torch.int64))
-
-    _done = True
