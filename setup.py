@@ -111,7 +111,7 @@ def _extension() -> dict:
         _say(f"building CPU and CUDA kernels (TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'visible GPUs')})")
         ext = cpp_extension.CUDAExtension(
             "bbench._C", cpp + cuda,
-            extra_compile_args={"cxx": cxx + ["-DBBENCH_WITH_CUDA"], "nvcc": ["-O3", "-DBBENCH_WITH_CUDA"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"])
     else:
         _say(f"building CPU kernels only: {problem}")

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
-#include <vector>
+#include <tuple>
 
 namespace bbench {
 

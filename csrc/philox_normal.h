@@ -16,11 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define BBENCH_HD __host__ __device__ __forceinline__
-#else
-#define BBENCH_HD inline __attribute__((always_inline))
-#endif
+#include "host_device.h"
 
 namespace bbench {
 
@@ -34,10 +30,21 @@ BBENCH_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   lo = static_cast<uint32_t>(p);
 }
 
-// Philox4x32 with 10 rounds (Salmon et al. 2011), same constants as Random123 / curand.
+// Philox4x32 (Salmon et al. 2011), same constants as Random123 / curand: round multipliers and
+// key increments (Weyl sequence).
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
+// One round with round key (k0, k1).
+BBENCH_HD U32x4 philox_round(U32x4 c, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(kPhiloxM0, c.x, hi0, lo0);
+  mulhilo32(kPhiloxM1, c.z, hi1, lo1);
+  return U32x4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
+}
+
+// Philox4x32-10: ten rounds, the key advancing by (W0, W1) after each.
 BBENCH_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
-  constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
 #if defined(__CUDACC__)
 #pragma unroll
 #elif defined(__clang__)
@@ -46,12 +53,9 @@ BBENCH_HD U32x4 philox4x32_10(U32x4 c, uint32_t k0, uint32_t k1) {
 #pragma GCC unroll 10
 #endif
   for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(M0, c.x, hi0, lo0);
-    mulhilo32(M1, c.z, hi1, lo1);
-    c = U32x4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
-    k0 += W0;
-    k1 += W1;
+    c = philox_round(c, k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return c;
 }
@@ -168,8 +172,6 @@ BBENCH_HD void normals_of_counter(uint64_t seed, uint64_t t, uint64_t c, float& 
 // same numbers as normals_of_counter, written as loops over the 64 lanes so they vectorise.
 // z[64 * L + j] = normal L of counter c0 + j.
 BBENCH_HD void normals_block(uint64_t seed, uint64_t t, uint64_t c0, float* __restrict z) {
-  constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
-  constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
   alignas(64) uint32_t x[kNoiseLanes], y[kNoiseLanes], u[kNoiseLanes], w[kNoiseLanes];
   const uint32_t c_hi = static_cast<uint32_t>(c0 >> 32);
   const uint32_t c_lo = static_cast<uint32_t>(c0);  // c0 % 64 == 0: adding j < 64 never carries
@@ -181,20 +183,17 @@ BBENCH_HD void normals_block(uint64_t seed, uint64_t t, uint64_t c0, float* __re
     w[j] = static_cast<uint32_t>(t >> 32);
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
+  for (int r = 0; r < 10; ++r) {  // philox4x32_10, one round at a time over the 64 lanes
 #pragma omp simd
     for (int j = 0; j < kNoiseLanes; ++j) {
-      const uint64_t p0 = static_cast<uint64_t>(M0) * x[j];
-      const uint64_t p1 = static_cast<uint64_t>(M1) * u[j];
-      const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[j] ^ k0;
-      const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[j] ^ k1;
-      y[j] = static_cast<uint32_t>(p1);
-      w[j] = static_cast<uint32_t>(p0);
-      x[j] = nx;
-      u[j] = nz;
+      const U32x4 v = philox_round(U32x4{x[j], y[j], u[j], w[j]}, k0, k1);
+      x[j] = v.x;
+      y[j] = v.y;
+      u[j] = v.z;
+      w[j] = v.w;
     }
-    k0 += W0;
-    k1 += W1;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
 #pragma omp simd
   for (int j = 0; j < kNoiseLanes; ++j) {

@@ -62,7 +62,7 @@ compile() {  # one .cu -> .o (run in parallel: one job per file)
   echo "compile_cuda_objects: $NVCC -c $(realpath --relative-to="$ROOT" "$cu") -> $obj"
   # shellcheck disable=SC2086
   "$NVCC" -c "$cu" -o "$obj" $FLAGS "${GENCODE[@]}" -O1 \
-    -DBBENCH_WITH_CUDA -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H \
+    -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
     -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ \
     --expt-relaxed-constexpr -Xcompiler -fPIC

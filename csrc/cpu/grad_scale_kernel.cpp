@@ -9,14 +9,14 @@
 // (with an AVX2 clone chosen at run time where the compiler supports target_clones).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/OpMathType.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../checks.h"
+#include "../moments.h"
 #include "../noise_seed.h"
 #include "../philox_normal.h"
 #include "vectorize.h"
@@ -32,18 +32,6 @@ struct Chunk {
   int64_t start;
   int64_t len;
 };
-
-struct Moments {
-  double n = 0, mean = 0, m2 = 0;
-};
-
-inline Moments merge(const Moments& a, const Moments& b) {
-  if (a.n == 0) return b;
-  if (b.n == 0) return a;
-  const double n = a.n + b.n;
-  const double d = b.mean - a.mean;
-  return Moments{n, a.mean + d * (b.n / n), a.m2 + b.m2 + d * d * (a.n * b.n / n)};
-}
 
 // ---- vectorisable inner loops (float and double; reduced types go through float) -------------
 
@@ -83,71 +71,57 @@ BBENCH_INLINE void scale_noise_impl(T* x, int64_t start, int64_t len, T c, T a, 
   }
 }
 
-BBENCH_CLONES Moments moments_f(const float* x, int64_t len) { return moments_impl(x, len); }
-BBENCH_CLONES Moments moments_d(const double* x, int64_t len) { return moments_impl(x, len); }
-BBENCH_CLONES void scale_f(float* x, int64_t len, float c) { scale_impl(x, len, c); }
-BBENCH_CLONES void scale_d(double* x, int64_t len, double c) { scale_impl(x, len, c); }
-BBENCH_CLONES void scale_noise_f(float* x, int64_t start, int64_t len, float c, float a,
-                                 uint64_t seed, uint64_t t) {
+// The clones (target_clones does not apply to templates): one overload per type.
+BBENCH_CLONES Moments moments(const float* x, int64_t len) { return moments_impl(x, len); }
+BBENCH_CLONES Moments moments(const double* x, int64_t len) { return moments_impl(x, len); }
+BBENCH_CLONES void scale(float* x, int64_t len, float c) { scale_impl(x, len, c); }
+BBENCH_CLONES void scale(double* x, int64_t len, double c) { scale_impl(x, len, c); }
+BBENCH_CLONES void scale_noise(float* x, int64_t start, int64_t len, float c, float a,
+                               uint64_t seed, uint64_t t) {
   scale_noise_impl(x, start, len, c, a, seed, t);
 }
-BBENCH_CLONES void scale_noise_d(double* x, int64_t start, int64_t len, double c, double a,
-                                 uint64_t seed, uint64_t t) {
+BBENCH_CLONES void scale_noise(double* x, int64_t start, int64_t len, double c, double a,
+                               uint64_t seed, uint64_t t) {
   scale_noise_impl(x, start, len, c, a, seed, t);
 }
 
-// Reduced precision (bfloat16 / float16): convert a chunk to float, work in float, round back.
 template <typename T>
-struct ReducedBuffer {
-  std::vector<float> buf;
-  float* load(const T* x, int64_t len) {
-    buf.resize(static_cast<size_t>(len));
-    for (int64_t i = 0; i < len; ++i) buf[i] = static_cast<float>(x[i]);
-    return buf.data();
-  }
-  void store(T* x, int64_t len) const {
-    for (int64_t i = 0; i < len; ++i) x[i] = static_cast<T>(buf[i]);
-  }
-};
+constexpr bool kIsFloatOrDouble = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+// Reduced precision (bfloat16 / float16): a chunk (len <= kChunk) is converted to float in a
+// per-thread buffer (allocated once per thread, not per chunk), worked on in float and rounded back.
+template <typename T>
+float* load_as_float(const T* x, int64_t len) {
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(len <= kChunk);
+  static thread_local std::vector<float> buf(static_cast<size_t>(kChunk));
+  float* f = buf.data();
+  for (int64_t i = 0; i < len; ++i) f[i] = static_cast<float>(x[i]);
+  return f;
+}
 
 template <typename T>
 Moments chunk_moments(const T* x, int64_t len) {
-  if constexpr (std::is_same_v<T, float>) {
-    return moments_f(x, len);
-  } else if constexpr (std::is_same_v<T, double>) {
-    return moments_d(x, len);
+  if constexpr (kIsFloatOrDouble<T>) {
+    return moments(x, len);
   } else {
-    ReducedBuffer<T> rb;
-    return moments_f(rb.load(x, len), len);
+    return moments(load_as_float(x, len), len);
   }
 }
 
+// x <- c*x (+ a*z when `noise`), in float for float / bfloat16 / float16, in double for double.
 template <typename T>
 void chunk_scale(T* x, int64_t start, int64_t len, double c, bool noise, double a, uint64_t seed,
                  uint64_t t) {
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+  if constexpr (kIsFloatOrDouble<T>) {
     if (noise) {
-      if constexpr (std::is_same_v<T, float>) {
-        scale_noise_f(x, start, len, static_cast<float>(c), static_cast<float>(a), seed, t);
-      } else {
-        scale_noise_d(x, start, len, c, a, seed, t);
-      }
+      scale_noise(x, start, len, static_cast<T>(c), static_cast<T>(a), seed, t);
     } else {
-      if constexpr (std::is_same_v<T, float>) {
-        scale_f(x, len, static_cast<float>(c));
-      } else {
-        scale_d(x, len, c);
-      }
+      scale(x, len, static_cast<T>(c));
     }
   } else {
-    ReducedBuffer<T> rb;
-    float* f = rb.load(x, len);
-    if (noise) {
-      scale_noise_f(f, start, len, static_cast<float>(c), static_cast<float>(a), seed, t);
-    } else {
-      scale_f(f, len, static_cast<float>(c));
-    }
-    rb.store(x, len);
+    float* f = load_as_float(x, len);
+    chunk_scale(f, start, len, c, noise, a, seed, t);
+    for (int64_t i = 0; i < len; ++i) x[i] = static_cast<T>(f[i]);
   }
 }
 
@@ -243,10 +217,7 @@ void grad_scale_cpu(at::TensorList grads, const at::Tensor& group, const at::Ten
         auto& m = per_tensor[stat_chunks[c].tensor];
         m = merge(m, mom[c]);
       }
-      for (int64_t i : active) {
-        const auto& m = per_tensor[i];
-        sigma[i] = (m.n > 1 ? std::sqrt(m.m2 / (m.n - 1)) : 0.0) + 1e-8;
-      }
+      for (int64_t i : active) sigma[i] = sigma_of(per_tensor[i]);
     }
 
     // Pass 2: scale (+ noise).

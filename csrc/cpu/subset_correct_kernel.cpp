@@ -15,11 +15,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <mutex>
 #include <vector>
 
+#include "../argmax.h"
 #include "../checks.h"
 #include "vectorize.h"
 
@@ -65,7 +65,7 @@ BBENCH_INLINE bool leaf_is_correct_small(const T* __restrict p, const T* __restr
   int64_t arg = 0;
   for (int64_t k = 1; k < K; ++k) {
     const T v = p[k] + t[k];
-    if (!(best != best) && ((v != v) || v > best)) {
+    if (argmax_moves_to(v, best)) {
       best = v;
       arg = k;
     }
@@ -80,7 +80,7 @@ BBENCH_INLINE void add_rows(T* __restrict out, const T* __restrict a, const T* _
   for (int64_t k = 0; k < K; ++k) out[k] = a[k] + b[k];
 }
 
-// Samples [n0, n1). `prefix` has room for M * K values; local_counts has 2^M entries.
+// Samples [n0, n1), M >= 1. `prefix` has room for M * K values; local_counts has 2^M entries.
 template <typename T>
 BBENCH_INLINE void subset_rows_impl(const T* contrib, const T* absent, const T* bias,
                                     const int64_t* labels, int64_t M, int64_t N, int64_t K,
@@ -117,45 +117,44 @@ BBENCH_INLINE void subset_rows_impl(const T* contrib, const T* absent, const T* 
   }
 }
 
-BBENCH_CLONES void subset_rows_f(const float* contrib, const float* absent, const float* bias,
-                                 const int64_t* labels, int64_t M, int64_t N, int64_t K,
-                                 int64_t n0, int64_t n1, bool* correct, int64_t* counts,
-                                 float* prefix) {
+// The clones (target_clones does not apply to templates): one overload per type.
+BBENCH_CLONES void subset_rows(const float* contrib, const float* absent, const float* bias,
+                               const int64_t* labels, int64_t M, int64_t N, int64_t K, int64_t n0,
+                               int64_t n1, bool* correct, int64_t* counts, float* prefix) {
   subset_rows_impl(contrib, absent, bias, labels, M, N, K, n0, n1, correct, counts, prefix);
 }
 
-BBENCH_CLONES void subset_rows_d(const double* contrib, const double* absent, const double* bias,
-                                 const int64_t* labels, int64_t M, int64_t N, int64_t K,
-                                 int64_t n0, int64_t n1, bool* correct, int64_t* counts,
-                                 double* prefix) {
+BBENCH_CLONES void subset_rows(const double* contrib, const double* absent, const double* bias,
+                               const int64_t* labels, int64_t M, int64_t N, int64_t K, int64_t n0,
+                               int64_t n1, bool* correct, int64_t* counts, double* prefix) {
   subset_rows_impl(contrib, absent, bias, labels, M, N, K, n0, n1, correct, counts, prefix);
 }
 
-// torch.argmax(v) == label for a single vector (the M == 0 case: logits = bias).
+// torch.argmax(v) of a single vector.
 template <typename T>
-bool bias_is_correct(const T* v, int64_t K, int64_t label) {
+int64_t argmax_of(const T* v, int64_t K) {
   int64_t best = 0;
   for (int64_t k = 1; k < K; ++k) {
-    const T b = v[best], x = v[k];
-    if (!(b != b) && ((x != x) || x > b)) best = k;
+    if (argmax_moves_to(v[k], v[best])) best = k;
   }
-  return best == label;
+  return best;
 }
 
 template <typename T>
 void subset_correct_typed(const at::Tensor& contrib, const at::Tensor& absent,
-                          const at::Tensor& bias, const at::Tensor& labels, int64_t M, int64_t N,
-                          int64_t K, at::Tensor& correct, at::Tensor& counts) {
-  const int64_t S = int64_t{1} << M;
+                          const at::Tensor& bias, const at::Tensor& labels, const SubsetDims& d,
+                          at::Tensor& correct, at::Tensor& counts) {
+  const int64_t M = d.M, N = d.N, K = d.K, S = d.S;
   const T* c = contrib.const_data_ptr<T>();
   const T* a = absent.const_data_ptr<T>();
   const T* b = bias.const_data_ptr<T>();
   const int64_t* y = labels.const_data_ptr<int64_t>();
   bool* out = correct.data_ptr<bool>();
   int64_t* cnt = counts.data_ptr<int64_t>();
-  if (M == 0) {
+  if (M == 0) {  // one subset, the empty one: every sample's logits are the bias
+    const int64_t pred = argmax_of(b, K);
     for (int64_t n = 0; n < N; ++n) {
-      out[n] = bias_is_correct(b, K, y[n]);
+      out[n] = y[n] == pred;
       cnt[0] += out[n];
     }
     return;
@@ -166,11 +165,7 @@ void subset_correct_typed(const at::Tensor& contrib, const at::Tensor& absent,
   at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     std::vector<int64_t> local(static_cast<size_t>(S), 0);
     std::vector<T> prefix(static_cast<size_t>(M * K));
-    if constexpr (std::is_same_v<T, float>) {
-      subset_rows_f(c, a, b, y, M, N, K, n0, n1, out, local.data(), prefix.data());
-    } else {
-      subset_rows_d(c, a, b, y, M, N, K, n0, n1, out, local.data(), prefix.data());
-    }
+    subset_rows(c, a, b, y, M, N, K, n0, n1, out, local.data(), prefix.data());
     std::lock_guard<std::mutex> lock(mu);
     for (int64_t s = 0; s < S; ++s) cnt[s] += local[s];
   });
@@ -195,9 +190,9 @@ std::tuple<at::Tensor, at::Tensor> subset_correct_cpu(const at::Tensor& contrib,
   const auto b = bias.to(acc).contiguous();
   const auto y = labels.contiguous();
   if (dbl) {
-    subset_correct_typed<double>(c, a, b, y, d.M, d.N, d.K, correct, counts);
+    subset_correct_typed<double>(c, a, b, y, d, correct, counts);
   } else {
-    subset_correct_typed<float>(c, a, b, y, d.M, d.N, d.K, correct, counts);
+    subset_correct_typed<float>(c, a, b, y, d, correct, counts);
   }
   return {correct, counts};
 }

@@ -20,9 +20,10 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../moments.h"
 #include "../noise_seed.h"
-#include "cuda_utils.cuh"
 #include "../philox_normal.h"
+#include "cuda_utils.cuh"
 
 namespace bbench {
 namespace {
@@ -95,18 +96,6 @@ __global__ void chunk_moments_kernel(Table tab, int64_t n_chunks, const int64_t*
   }
 }
 
-struct Moments {
-  double n, mean, m2;
-};
-
-__device__ __forceinline__ Moments merge(Moments a, Moments b) {
-  if (a.n == 0) return b;
-  if (b.n == 0) return a;
-  const double n = a.n + b.n;
-  const double d = b.mean - a.mean;
-  return Moments{n, a.mean + d * (b.n / n), a.m2 + b.m2 + d * d * (a.n * b.n / n)};
-}
-
 // One warp per tensor: lane l merges chunks l, l+32, ... in order, then a fixed butterfly.
 __global__ void finalize_sigma_kernel(Table tab, int64_t n_tensors, const int64_t* __restrict__ group,
                                       int64_t n_groups, const double* __restrict__ noise,
@@ -117,7 +106,7 @@ __global__ void finalize_sigma_kernel(Table tab, int64_t n_tensors, const int64_
   const int64_t g = group[t];
   CUDA_KERNEL_ASSERT(g >= 0 && g < n_groups);
   if (noise[g] == 0.0) return;
-  Moments acc{0, 0, 0};
+  Moments acc;
   for (int64_t c = tab.first_chunk[t] + lane; c < tab.first_chunk[t + 1]; c += 32) {
     acc = merge(acc, Moments{mom[3 * c], mom[3 * c + 1], mom[3 * c + 2]});
   }
@@ -127,7 +116,7 @@ __global__ void finalize_sigma_kernel(Table tab, int64_t n_tensors, const int64_
                   __shfl_down_sync(0xffffffffu, acc.m2, o)};
     acc = merge(acc, other);
   }
-  if (lane == 0) sigma[t] = (acc.n > 1 ? sqrt(acc.m2 / (acc.n - 1)) : 0.0) + 1e-8;
+  if (lane == 0) sigma[t] = sigma_of(acc);
 }
 
 template <typename scalar_t, bool kNoise>

@@ -19,6 +19,7 @@
 
 #include <algorithm>
 
+#include "../argmax.h"
 #include "../checks.h"
 #include "cuda_utils.cuh"
 
@@ -28,13 +29,14 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kMaxSharedCounts = 2048;
 
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t>
 __global__ void subset_correct_kernel(const scalar_t* __restrict__ contrib,
                                       const scalar_t* __restrict__ absent,
                                       const scalar_t* __restrict__ bias,
                                       const int64_t* __restrict__ labels, int M, int64_t N,
                                       int64_t K, bool* __restrict__ correct,
                                       unsigned long long* __restrict__ counts, bool shared_counts) {
+  using acc_t = at::opmath_type<scalar_t>;  // float32, or float64 for float64 inputs
   extern __shared__ unsigned int s_counts[];
   const int64_t S = int64_t{1} << M;
   if (shared_counts) {
@@ -55,7 +57,7 @@ __global__ void subset_correct_kernel(const scalar_t* __restrict__ contrib,
                             : static_cast<acc_t>(absent[m * K + k]);
       }
       // torch.argmax: the first NaN wins, otherwise the first maximum.
-      if (k == 0 || (!(best != best) && ((v != v) || v > best))) {
+      if (k == 0 || argmax_moves_to(v, best)) {
         best = v;
         best_k = k;
       }
@@ -101,8 +103,7 @@ std::tuple<at::Tensor, at::Tensor> subset_correct_cuda(const at::Tensor& contrib
       std::min<int64_t>((total + kThreads - 1) / kThreads, static_cast<int64_t>(sms) * 32));
   auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, c.scalar_type(), "subset_correct_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    subset_correct_kernel<scalar_t, acc_t><<<blocks, kThreads, smem, stream>>>(
+    subset_correct_kernel<scalar_t><<<blocks, kThreads, smem, stream>>>(
         c.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
         y.const_data_ptr<int64_t>(), static_cast<int>(d.M), d.N, d.K, correct.mutable_data_ptr<bool>(),
         reinterpret_cast<unsigned long long*>(counts.mutable_data_ptr<int64_t>()), shared_counts);
