@@ -10,19 +10,34 @@ Groups (pytest-benchmark ``group``), each with its implementations side by side:
   (d -> 128 -> 64 for d = 216 and d = 6; 45K parameters, 8 tensors);
 - ``subset_correct/M=<m>/K=<k>`` (N = 10 000) with impl ``ext`` and ``ref``;
 - ``shapley/resnet18-av/M=<m>`` with impl ``one-pass`` (one encoder pass + M zero-input
-  passes + subset_correct) and ``masked`` (2^M passes of the whole model with raw inputs zeroed).
+  passes + subset_correct) and ``masked`` (2^M passes of the whole model with raw inputs
+  zeroed): bbench's own `subset_correct_counts` on its paths ``one-pass-linear`` and
+  ``masked-passes``, for a Baseline model of bbench's ResNet18 encoders and concat head.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 
 from bbench import ops
+from bbench.config.specs import EncoderSpec, ModelSpec
+from bbench.data.base import DataInfo, TensorMultimodalDataset
+from bbench.engine.evaluate import eval_loader
+from bbench.methods.base import RunContext
+from bbench.methods.registry import build_method
+from bbench.metrics.shapley import subset_correct_counts
+from bbench.models import build_encoder
 
 ROUNDS_GRAD = {"resnet18-av": 15, "mlp-mfeat": 200}
 SHAPLEY_N = 48  # samples per evaluation batch
 NUM_CLASSES = 6  # CREMA-D
+CPU = torch.device("cpu")
+# Audio spectrogram, one visual frame, and (for M = 3) an optical-flow stream.
+AV_INPUTS = {"audio": (1, 257, 188), "visual": (3, 224, 224), "flow": (2, 224, 224)}
+# (encoder, input shape) of each modality whose gradients grad_scale_ scales.
+GRAD_ENCODERS = {"resnet18-av": [EncoderSpec("resnet18", {"in_channels": 1}), EncoderSpec("resnet18")],
+                 "mlp-mfeat": [EncoderSpec("mlp"), EncoderSpec("mlp")]}
+GRAD_SHAPES = {"resnet18-av": [AV_INPUTS["audio"], AV_INPUTS["visual"]], "mlp-mfeat": [(216,), (6,)]}
 
 
 def _need_ext():
@@ -31,43 +46,14 @@ def _need_ext():
         pytest.skip(f"bbench extension not available: {info['error']}")
 
 
-# ---- models -----------------------------------------------------------------------------------
-
-def resnet18_trunk(in_channels: int) -> torch.nn.Module:
-    m = torchvision.models.resnet18(weights=None)
-    m.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    m.fc = torch.nn.Identity()
-    return m
-
-
-def mlp(d: int) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(d, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
-
-
-class LateFusion(torch.nn.Module):
-    """Encoders + concat head: z = W [h_1; ...; h_M] + b."""
-
-    def __init__(self, encoders: list[torch.nn.Module], feat_dim: int, num_classes: int):
-        super().__init__()
-        self.encoders = torch.nn.ModuleList(encoders)
-        self.feat_dim = feat_dim
-        self.head = torch.nn.Linear(feat_dim * len(encoders), num_classes)
-
-    def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(torch.cat([e(x) for e, x in zip(self.encoders, xs)], dim=1))
-
-
 def encoder_grads(kind: str):
     """(grads, group, host groups) of the encoders' parameters, gradient-shaped random tensors."""
-    encoders = ([resnet18_trunk(1), resnet18_trunk(3)] if kind == "resnet18-av" else [mlp(216), mlp(6)])
     grads, group = [], []
-    for j, enc in enumerate(encoders):
-        for p in enc.parameters():
+    for j, (spec, shape) in enumerate(zip(GRAD_ENCODERS[kind], GRAD_SHAPES[kind])):
+        for p in build_encoder(spec, shape, f"m{j}").parameters():
             grads.append(torch.randn_like(p))
             group.append(j)
     return grads, torch.tensor(group), group
-
-
 # ---- grad_scale_ --------------------------------------------------------------------------------
 
 def loop_with_std(grads, groups, coeffs, noise):
@@ -140,32 +126,22 @@ def test_subset_correct(benchmark, m, k, impl):
 
 # ---- Shapley end to end -------------------------------------------------------------------------
 
-def av_model(m: int) -> tuple[LateFusion, list[torch.Tensor]]:
-    """Audio (1 x 257 x 188 spectrogram), visual (3 x 224 x 224 frame) and, for M = 3, an
-    optical-flow stream (2 x 224 x 224): ResNet18 trunks with random weights, concat head."""
-    specs = [(1, (257, 188)), (3, (224, 224)), (2, (224, 224))][:m]
-    model = LateFusion([resnet18_trunk(c) for c, _ in specs], 512, NUM_CLASSES).eval()
-    xs = [torch.randn(SHAPLEY_N, c, *hw) for c, hw in specs]
-    return model, xs
-
-
-@torch.inference_mode()
-def shapley_counts_one_pass(model: LateFusion, xs, labels) -> torch.Tensor:
-    feats = [enc(x) for enc, x in zip(model.encoders, xs)]
-    const = [enc(torch.zeros_like(x[:1])) for enc, x in zip(model.encoders, xs)]  # c_m = Enc_m(0)
-    blocks = model.head.weight.split(model.feat_dim, dim=1)  # W_m
-    contrib = torch.stack([h @ w.T for h, w in zip(feats, blocks)])
-    absent = torch.stack([(c @ w.T)[0] for c, w in zip(const, blocks)])
-    return ops.subset_correct(contrib, absent, model.head.bias, labels)[1]
-
-
-@torch.inference_mode()
-def shapley_counts_masked(model: LateFusion, xs, labels) -> torch.Tensor:
-    counts = []
-    for s in range(1 << len(xs)):
-        inputs = [x if s >> j & 1 else torch.zeros_like(x) for j, x in enumerate(xs)]
-        counts.append((model(inputs).argmax(1) == labels).sum())
-    return torch.stack(counts)
+def av_setup(m: int):
+    """A Baseline method and its model (bbench's ResNet18 encoders with random weights, concat
+    head) on the first m streams of AV_INPUTS, and a loader of one batch of random inputs whose
+    labels make some subsets right: the full model's own predictions, half of them shuffled."""
+    names = tuple(AV_INPUTS)[:m]
+    info = DataInfo("bench-av", names, NUM_CLASSES, {n: AV_INPUTS[n] for n in names},
+                    {n: torch.float32 for n in names})
+    spec = ModelSpec(encoders={n: EncoderSpec("resnet18", {"in_channels": AV_INPUTS[n][0]}) for n in names})
+    method = build_method("Baseline", {}, RunContext(info, spec, 0, CPU))
+    model = method.build_model().eval()
+    inputs = {n: torch.randn(SHAPLEY_N, *AV_INPUTS[n]) for n in names}
+    with torch.no_grad():
+        labels = model(inputs).argmax(1)
+    labels[::2] = torch.randint(0, NUM_CLASSES, (SHAPLEY_N // 2,))
+    loader = eval_loader(TensorMultimodalDataset(inputs, labels), SHAPLEY_N)
+    return method, model, loader
 
 
 @pytest.mark.parametrize("impl", ["one-pass", "masked"])
@@ -173,15 +149,15 @@ def shapley_counts_masked(model: LateFusion, xs, labels) -> torch.Tensor:
 def test_shapley_resnet18(benchmark, m, impl):
     _need_ext()
     benchmark.group = f"shapley/resnet18-av/M={m}"
-    model, xs = av_model(m)
-    # labels that make some subsets right: the full model's own predictions, half of them shuffled
-    with torch.no_grad():
-        labels = model(xs).argmax(1)
-    labels[::2] = torch.randint(0, NUM_CLASSES, (SHAPLEY_N // 2,))
+    method, model, loader = av_setup(m)
     benchmark.extra_info.update(samples=SHAPLEY_N, modalities=m)
-    fn = shapley_counts_one_pass if impl == "one-pass" else shapley_counts_masked
-    counts = benchmark.pedantic(fn, args=(model, xs, labels), rounds=5 if impl == "one-pass" else 2,
-                                warmup_rounds=1 if impl == "one-pass" else 0)
+    paths = {"one-pass": "one-pass-linear", "masked": "masked-passes"}
+
+    def counts(impl: str) -> torch.Tensor:
+        return subset_correct_counts(method, model, loader, CPU, mask="input", path=paths[impl])[0]
+
+    measured = benchmark.pedantic(counts, args=(impl,), rounds=5 if impl == "one-pass" else 2,
+                                  warmup_rounds=1 if impl == "one-pass" else 0)
     # the fast path must give the same value function as the masked passes
-    other = (shapley_counts_masked if impl == "one-pass" else shapley_counts_one_pass)(model, xs, labels)
-    assert torch.equal(counts, other), (counts, other)
+    other = counts("masked" if impl == "one-pass" else "one-pass")
+    assert torch.equal(measured, other), (measured, other)
