@@ -153,16 +153,16 @@ def _grad_scale_(grads: list[torch.Tensor], group, coeff, noise_std, seed) -> No
     if not grads:
         return
     dev = grads[0].device
+    flags_on_host = group.device.type == "cpu" and noise_std is not None and noise_std.device.type == "cpu"
+    if flags_on_host:  # which tensors get noise, readable without a device sync
+        noisy = [i for i, f in enumerate(noise_std[group].tolist()) if f != 0]
+    else:
+        noisy = list(range(len(grads)))
     group = group.to(dev)
     scale = coeff.to(dev)[group]  # one gather: the coefficient of every tensor
     if noise_std is None:
         torch._foreach_mul_(grads, _scalars(scale))
         return
-    if noise_std.device.type == "cpu" and group.device.type == "cpu":  # flags readable for free
-        flags = noise_std[group].tolist()
-        noisy = [i for i, f in enumerate(flags) if f != 0]
-    else:
-        noisy = list(range(len(grads)))
     if noisy:
         sel = torch.tensor(noisy, dtype=torch.int64, device=dev)
         sigma = torch.stack([grads[i].std().double() if grads[i].numel() > 1
