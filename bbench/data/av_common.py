@@ -439,23 +439,58 @@ def load_pickle(path: Path | bytes, trust: bool, source: Optional[str] = None,
 
 @dataclass
 class SkipReport:
-    """Listed samples that were not usable (missing files, no frames), reported once."""
+    """Listed samples that were not usable (missing files, no frames), reported once.
+
+    `expected` holds the ids the user declared unusable (the `expected_missing` option):
+    their skips are reported at INFO level as declared, every other skip with a WARNING.
+    """
 
     dataset: str
     split: str
     listed: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    expected: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.expected = frozenset(self.expected)
 
     def skip(self, sample_id: str, reason: str) -> None:
         self.skipped.append((sample_id, reason))
 
-    def emit(self) -> None:
-        if not self.skipped:
-            return
-        first = "; ".join(f"{i} ({r})" for i, r in self.skipped[:5])
-        more = f"; … {len(self.skipped) - 5} more" if len(self.skipped) > 5 else ""
-        log.warning("%s %s: skipped %d of %d listed samples: %s%s", self.dataset, self.split,
-                    len(self.skipped), self.listed, first, more)
+    @property
+    def unexpected_skips(self) -> list[tuple[str, str]]:
+        """Skips of ids not declared in `expected_missing` (the ones warned about)."""
+        return [(i, r) for i, r in self.skipped if i not in self.expected]
+
+    @property
+    def expected_skips(self) -> list[tuple[str, str]]:
+        """Skips of ids declared in `expected_missing` (reported at INFO level)."""
+        return [(i, r) for i, r in self.skipped if i in self.expected]
+
+    def emit(self, used: Iterable[str] = ()) -> None:
+        """Log the skips; `used` (the split's usable ids) names declared ids that were present."""
+        unexpected, expected = self.unexpected_skips, self.expected_skips
+        if unexpected:
+            also = (f"; {len(expected)} more skipped as declared in the dataset option "
+                    f"expected_missing" if expected else "")
+            log.warning("%s %s: skipped %d of %d listed samples: %s%s", self.dataset, self.split,
+                        len(unexpected), self.listed, _first_skips(unexpected), also)
+        if expected:
+            log.info("%s %s: skipped %d of %d listed samples as declared in the dataset option "
+                     "expected_missing: %s", self.dataset, self.split, len(expected), self.listed,
+                     _first_skips(expected))
+        present = [i for i in dict.fromkeys(used) if i in self.expected]
+        if present:
+            shown = ", ".join(present[:5]) + (f", … {len(present) - 5} more"
+                                              if len(present) > 5 else "")
+            log.info("%s %s: %d id(s) declared in the dataset option expected_missing are present "
+                     "and usable, so they are used: %s", self.dataset, self.split, len(present),
+                     shown)
+
+
+def _first_skips(skips: Sequence[tuple[str, str]], count: int = 5) -> str:
+    first = "; ".join(f"{i} ({r})" for i, r in skips[:count])
+    return first + (f"; … {len(skips) - count} more" if len(skips) > count else "")
 
 
 def no_usable_samples(dataset: str, split: str, report: SkipReport, layout: str
@@ -646,6 +681,9 @@ class CommonOptions:
                                                "~/.cache/bbench); never inside the data")
     index_cache: bool = param(True, doc="cache frame listings of the data folders")
     verify_samples: int = param(1, ge=0, doc="samples per split read at start-up to check formats")
+    expected_missing: tuple[str, ...] = param(
+        (), doc="ids of listed samples known to be unusable, e.g. the public CREMA-D's broken "
+                "clips; they are skipped and reported at info level as expected, not warned about")
 
 
 @dataclass(frozen=True)
@@ -720,15 +758,16 @@ def clip_info(name: str, modalities: Sequence[str], num_classes: int, options: C
 def build_clip_records(dataset: str, split: str, listed: Sequence[tuple[str, int]],
                        audio_for: Callable[[str], Sequence[Path]],
                        frames_root: Path, folder_for: Callable[[str], Sequence[str]],
-                       modalities: Sequence[str], cache: Optional[Path]
+                       modalities: Sequence[str], cache: Optional[Path],
+                       expected_missing: Iterable[str] = ()
                        ) -> tuple[list[ClipRecord], SkipReport]:
     """Usable clips of a list (§2.0 existence filter), in list order, duplicates dropped.
 
     `audio_for(id)` gives candidate audio files, `folder_for(id)` candidate frame-folder
     names under `frames_root` (VGGSound accepts a padded and an unpadded name); the first
-    that exists is used.
+    that exists is used. Skips of `expected_missing` ids are reported as declared (INFO).
     """
-    report = SkipReport(dataset, split, listed=len(listed))
+    report = SkipReport(dataset, split, listed=len(listed), expected=frozenset(expected_missing))
     seen: set[str] = set()
     unique: list[tuple[str, int]] = []
     for sample_id, label in listed:
@@ -776,7 +815,7 @@ def carve_and_assemble(info: DataInfo, split_seed: int, options: CommonOptions,
                        ) -> DataModule:
     """val = the §0.3 carve-out (or `val_list`) of the usable train samples; then assemble."""
     for split, reader in (("train", train_reader), ("test", test_reader)):
-        reports[split].emit()
+        reports[split].emit(reader.ids)
         if not reader.ids:
             raise no_usable_samples(info.name, split, reports[split], layout)
     directory = split_dir_for(options.split_dir, options.cache_dir, info.name, split_key)

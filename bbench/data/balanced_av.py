@@ -177,7 +177,8 @@ def build_balanced_av(spec: DatasetSpec, options: BalancedAVOptions) -> DataModu
     readers: dict[str, BalancedAVReader] = {}
     reports: dict[str, SkipReport] = {}
     for split, listed in by_split.items():
-        report = SkipReport(NAME, split, listed=len(listed))
+        report = SkipReport(NAME, split, listed=len(listed),
+                            expected=frozenset(options.expected_missing))
         counts: dict[str, int] = {}
         if "visual" in modalities:
             keys = [k for k, _ in listed]
@@ -203,7 +204,7 @@ def build_balanced_av(spec: DatasetSpec, options: BalancedAVOptions) -> DataModu
                                   readers["test"], reports, LAYOUT,
                                   [str(root.resolve()), str(annotation)])
     for split, report in reports.items():
-        report.emit()
+        report.emit(readers[split].ids)
         if not readers[split].ids:
             raise no_usable_samples(NAME, split, report, LAYOUT)
     return assemble(info, readers["train"], range(len(readers["train"].ids)), readers["val"],

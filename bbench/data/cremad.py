@@ -91,7 +91,7 @@ def build_cremad(spec: DatasetSpec, options: CremadOptions) -> DataModule:
     for split, list_path in lists.items():
         records, reports[split] = build_clip_records(
             NAME, split, read_list(list_path), lambda i: [audio_dir / f"{i}.pt"], visual_dir,
-            lambda i: [i], modalities, cache)
+            lambda i: [i], modalities, cache, options.expected_missing)
         readers[split] = FolderClipReader(NAME, records, modalities, options, load_torch_tensor)
     info = clip_info(NAME, modalities, len(EMOTIONS), options)
     return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],

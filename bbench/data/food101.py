@@ -213,7 +213,8 @@ def build_food101(spec: DatasetSpec, options: Food101Options) -> DataModule:
     readers, reports = {}, {}
     for split, csv_path in csvs.items():
         rows = read_titles(csv_path)
-        report = SkipReport(NAME, split, listed=len(rows))
+        report = SkipReport(NAME, split, listed=len(rows),
+                            expected=frozenset(options.expected_missing))
         usable: list[Row] = []
         seen: set[str] = set()
         for row in rows:

@@ -104,7 +104,8 @@ def build_kinetics_sounds(spec: DatasetSpec, options: KineticsSoundsOptions) -> 
             raise missing(NAME, f"{split} frame folder", visual_dir, LAYOUT)
         records, reports[split] = build_clip_records(
             NAME, split, read_list(lists[split]),
-            lambda i, d=audio_dir: [d / f"{i}.npy"], visual_dir, lambda i: [i], modalities, cache)
+            lambda i, d=audio_dir: [d / f"{i}.npy"], visual_dir, lambda i: [i], modalities,
+            cache, options.expected_missing)
         readers[split] = FolderClipReader(NAME, records, modalities, options, load_numpy)
     info = clip_info(NAME, modalities, NUM_CLASSES, options)
     return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],

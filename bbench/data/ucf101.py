@@ -178,7 +178,8 @@ def build_ucf101(spec: DatasetSpec, options: UCF101Options) -> DataModule:
     readers, reports = {}, {}
     for split, list_path in lists.items():
         listed = read_list(list_path, classes)
-        report = SkipReport(NAME, split, listed=len(listed))
+        report = SkipReport(NAME, split, listed=len(listed),
+                            expected=frozenset(options.expected_missing))
         seen: set[str] = set()
         unique = []
         for clip_id, label in listed:

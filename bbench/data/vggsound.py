@@ -125,7 +125,7 @@ def build_vggsound(spec: DatasetSpec, options: VGGSoundOptions) -> DataModule:
         records, reports[split] = build_clip_records(
             NAME, split, [(r.key, label_of[r.label]) for r in split_rows],
             lambda i, d=audio_dir, a=alternatives: [d / f"{k}.npy" for k in a[i]], visual_dir,
-            lambda i, a=alternatives: a[i], modalities, cache)
+            lambda i, a=alternatives: a[i], modalities, cache, options.expected_missing)
         readers[split] = FolderClipReader(NAME, records, modalities, options, load_numpy)
     info = clip_info(NAME, modalities, len(classes), options)
     return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],

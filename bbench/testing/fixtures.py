@@ -8,6 +8,12 @@ its flow, distinctive words in its titles, shifted features for MOSEI. `weak={"v
 blends a modality towards noise to create imbalance on purpose. Each generator also writes
 the edge cases listed in §5, and returns a `Miniature`: the `bbench.run` override dict that
 points at the files, with `.facts` telling tests which samples carry which edge case.
+
+Some miniatures deliberately leave one listed sample's file out, to exercise the loaders'
+existence filter (datasets.md, "Existence filter"). The omission is declared in the dataset
+option `expected_missing` of the returned overrides, so the loader still skips the sample and
+names it, at INFO level as declared, instead of warning as if the data were broken.
+`.facts["expected_missing"]` lists the declared ids.
 """
 from __future__ import annotations
 
@@ -110,6 +116,17 @@ def _clip_overrides(root: Path, frames_per_clip: int, encoders: Mapping[str, Any
             "model.encoders": dict(encoders), **SMOKE_TRAIN}
 
 
+def _declared(*ids: str) -> str:
+    """`expected_missing` of a miniature's overrides: the deliberately omitted sample ids.
+
+    Comma-separated, as on the command line, so the `--set` command that
+    `python -m bbench.testing miniature` prints carries it unchanged (the option coerces it
+    to a tuple). Miniature ids never contain commas.
+    """
+    assert all("," not in i for i in ids), ids
+    return ",".join(ids)
+
+
 def _ytid(rng: np.random.Generator, dash: bool = False) -> str:
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
     body = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), 11))
@@ -130,8 +147,10 @@ def make_cremad(root: Path, seed: int = 0, per_class: Mapping[str, int] | None =
     """`train.csv`/`test.csv`, `audio/<clip>.pt` (T, 128), `visual/<clip>/frame_0000k.jpg`.
 
     Edge cases: CRLF + BOM in train.csv; a header row in test.csv; a listed train clip without
-    audio; a test clip with 1 frame; a test clip with frames frame_1 … frame_10; one .pt saved
-    as (1, T, F).
+    audio (`facts["missing_audio"]`), left out on purpose to exercise the existence filter and
+    declared in the overrides' `expected_missing`, so it is skipped and named at INFO level,
+    not warned about; a test clip with 1 frame; a test clip with frames frame_1 … frame_10;
+    one .pt saved as (1, T, F).
     """
     import torch
 
@@ -175,8 +194,10 @@ def make_cremad(root: Path, seed: int = 0, per_class: Mapping[str, int] | None =
     (root / "test.csv").write_text(test_lines, encoding="utf-8")
     facts = {"num_classes": 6, "listed": {s: list(order[s]) for s in order}, "labels": labels,
              "skipped": {"train": [missing_audio], "test": []}, "missing_audio": missing_audio,
+             "expected_missing": [missing_audio],
              "pt_3d": pt_3d, "one_frame": one_frame, "natural_sort": natural}
-    overrides = _clip_overrides(root, 2, {"audio": _resnet(1), "visual": _resnet(3)})
+    overrides = _clip_overrides(root, 2, {"audio": _resnet(1), "visual": _resnet(3)},
+                                {"expected_missing": _declared(missing_audio)})
     return Miniature(overrides, root, facts)
 
 
@@ -229,7 +250,7 @@ def make_kinetics_sounds(root: Path, seed: int = 0, per_class: Mapping[str, int]
     (root / "test.txt").write_text("".join(f"{n} {y}\n" for n, y in order["test"]))
     facts = {"num_classes": 31, "listed": {s: [n for n, _ in order[s]] for s in order},
              "labels": {n: y for s in listed for n, y in listed[s]},
-             "skipped": {"train": [], "test": []}, "two_frames": two_frames,
+             "skipped": {"train": [], "test": []}, "expected_missing": [], "two_frames": two_frames,
              "invalid_line": 3 if invalid else None}
     overrides = _clip_overrides(root, 3, {"audio": _resnet(1), "visual": _resnet(3)})
     return Miniature(overrides, root, facts)
@@ -249,7 +270,9 @@ def make_balanced_av(root: Path, seed: int = 0, per_class: Mapping[str, int] | N
     `audio/<key>.pkl` (pickled float32 (T, 128) ndarray).
 
     Edge cases: one HDF5 stored with opaque (void) elements; a training key without `.pkl`
-    (skipped); a few `validation` entries used as val (`validation=False`: none, carve-out).
+    (`facts["missing_pkl"]`: left out on purpose and declared in `expected_missing`, so it is
+    skipped and named at INFO level); a few `validation` entries used as val
+    (`validation=False`: none, carve-out).
     """
     import h5py
 
@@ -290,8 +313,10 @@ def make_balanced_av(root: Path, seed: int = 0, per_class: Mapping[str, int] | N
         {"labels": list(BALANCED_LABELS), "database": database}, indent=1))
     facts = {"num_classes": n_classes, "keys": keys, "opaque": opaque, "missing_pkl": missing_pkl,
              "labels": {k: BALANCED_LABELS.index(e["label"]) for k, e in database.items()},
-             "skipped": {"train": [missing_pkl], "test": [], "val": []}}
-    overrides = _clip_overrides(root, 3, {"audio": _resnet(1), "visual": _resnet(3)})
+             "skipped": {"train": [missing_pkl], "test": [], "val": []},
+             "expected_missing": [missing_pkl]}
+    overrides = _clip_overrides(root, 3, {"audio": _resnet(1), "visual": _resnet(3)},
+                                {"expected_missing": _declared(missing_pkl)})
     return Miniature(overrides, root, facts)
 
 
@@ -309,7 +334,8 @@ def make_vggsound(root: Path, seed: int = 0, per_class: Mapping[str, int] | None
 
     Edge cases: a quoted label with a comma; "train whistling" in test rows; an id starting
     with '-'; one clip stored under the padded `<ytid>_<start:06d>` name; a CSV row whose
-    files are missing (skipped).
+    files are missing (`facts["missing"]`: left out on purpose and declared in
+    `expected_missing`, so it is skipped and named at INFO level).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -345,8 +371,10 @@ def make_vggsound(root: Path, seed: int = 0, per_class: Mapping[str, int] | None
                         for sp in ("train", "test")},
              "padded": padded_key, "missing": missing_key,
              "skipped": {sp: [missing_key] if split_of[missing_key] == sp else []
-                         for sp in ("train", "test")}}
-    overrides = _clip_overrides(root, 3, {"audio": _resnet(1), "visual": _resnet(3)})
+                         for sp in ("train", "test")},
+             "expected_missing": [missing_key]}
+    overrides = _clip_overrides(root, 3, {"audio": _resnet(1), "visual": _resnet(3)},
+                                {"expected_missing": _declared(missing_key)})
     return Miniature(overrides, root, facts)
 
 
@@ -399,7 +427,7 @@ def make_ucf101(root: Path, seed: int = 0, per_class: Mapping[str, int] | None =
                                                       for clip, _, cls in listed["test"]))
     facts = {"num_classes": n, "labels": {c: k for s in listed for c, k, _ in listed[s]},
              "listed": {s: [c for c, _, _ in listed[s]] for s in listed}, "short_v": short_v,
-             "skipped": {"train": [], "test": []}}
+             "skipped": {"train": [], "test": []}, "expected_missing": []}
     overrides = {"dataset.root": str(root),
                  "dataset.options": {"image_size": IMAGE_SIZE, "cache_dir": _cache_dir(root)},
                  "model.encoders": {"flow": _resnet(2), "visual": _resnet(3)}, **SMOKE_TRAIN}
@@ -428,7 +456,9 @@ def make_food101(root: Path, seed: int = 0, per_class: Mapping[str, int] | None 
     with `bert_weights`, a tiny random BERT (`config.json`, weights) for the `bert` encoder.
 
     Edge cases: header row in the train CSV only; titles with a leading `RT `, a URL, `#tags`,
-    an empty title, a title longer than 40 tokens; a train row whose image is missing.
+    an empty title, a title longer than 40 tokens; a train row whose image is missing
+    (`facts["skipped"]["train"]`: deleted on purpose and declared in `expected_missing`, so it
+    is skipped and named at INFO level).
     """
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -484,11 +514,13 @@ def make_food101(root: Path, seed: int = 0, per_class: Mapping[str, int] | None 
              "labels": {f"{r[2]}/{r[0]}": FOOD_CLASSES.index(r[2]) for s in rows for r in rows[s]},
              "listed": ids, "rt": ids["train"][0], "url": ids["train"][1], "tags": ids["train"][2],
              "empty": ids["train"][3], "long": ids["train"][4],
-             "skipped": {"train": [ids["train"][5]], "test": []}, "bert": str(bert),
+             "skipped": {"train": [ids["train"][5]], "test": []},
+             "expected_missing": [ids["train"][5]], "bert": str(bert),
              "titles": {f"{r[2]}/{r[0]}": r[1] for s in rows for r in rows[s]}}
     overrides = {"dataset.root": str(root),
                  "dataset.options": {"image_size": IMAGE_SIZE, "cache_dir": _cache_dir(root),
-                                     "text_model_path": str(bert)},
+                                     "text_model_path": str(bert),
+                                     "expected_missing": _declared(ids["train"][5])},
                  "model.encoders": {"text": {"type": "bert", "options": {"model_path": str(bert),
                                                                          "out_dim": 16}},
                                     "visual": _resnet(3)}, **SMOKE_TRAIN}
@@ -556,7 +588,7 @@ def make_cmu_mosei(root: Path, seed: int = 0, per_split: Mapping[str, int] | Non
                         for s in sizes},
              "lengths": {"audio": MOSEI_LENGTHS["audio"], "visual": MOSEI_LENGTHS["vision"],
                          "text": MOSEI_LENGTHS["text"]},
-             "skipped": {"train": [], "test": []}}
+             "skipped": {"train": [], "test": []}, "expected_missing": []}
     transformer = {m: {"type": "transformer", "options": {"d_model": 16, "layers": 1, "heads": 2}}
                    for m in ("audio", "visual", "text")}
     overrides = {"dataset.root": str(root), "dataset.options": {}, "model.encoders": transformer,
