@@ -37,6 +37,7 @@ def drop_probabilities(scores: torch.Tensor, q_base: float, alpha: float
 class OPM(Method):
     name = "OPM"
     family = "Feed-forward"
+    min_modalities = 2  # balances modalities against each other
     Params = OPMParams
     windowed = True
 
@@ -66,9 +67,15 @@ class OPM(Method):
                           extras={"alive": keep.any(1), "keep": keep, "scale": scale})
 
     def loss(self, out: ForwardOut, batch, step: StepInfo) -> torch.Tensor:
-        """CE over the samples that kept at least one modality (plain CE when nothing dropped)."""
+        """CE over the samples that kept at least one modality (plain CE when every sample did)."""
         alive = out.extras.get("alive")
         if alive is None:
             return F.cross_entropy(out.logits, batch["label"])
-        per_sample = F.cross_entropy(out.logits, batch["label"], reduction="none")
-        return (per_sample * alive).sum() / alive.sum().clamp_min(1)
+        labels = batch["label"]
+        per_sample = F.cross_entropy(out.logits, labels, reduction="none")
+        kept_mean = (per_sample * alive).sum() / alive.sum().clamp_min(1)
+        # Where every sample kept a modality the kept mean *is* the plain mean; selecting the
+        # plain `cross_entropy` then makes "nothing dropped" the Baseline loss by construction
+        # (the two reductions round differently on some CPUs' vector paths). `where` picks it
+        # without a host synchronisation, and the unselected branch gets an exact-zero gradient.
+        return torch.where(alive.all(), F.cross_entropy(out.logits, labels), kept_mean)
