@@ -46,11 +46,13 @@ def _parse_settings(pairs: Sequence[str], extra: Sequence[str]) -> dict[str, Any
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="mfeat", help="dataset name (see `bbench list datasets`)")
+    parser.add_argument("--dataset", help="dataset name (default mfeat; see `bbench list datasets`)")
+    parser.add_argument("--data-root", dest="data_root", metavar="DIR",
+                        help="folder of a paper dataset's files (BalanceMM layout; datasets.md)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting: a method hyper-parameter (alpha=0.5), a shorthand "
                              "(epochs=3, lr=0.1) or a dotted key (train.optimizer.lr=0.1)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, or a GPU index (BalanceMM style)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N, or a bare GPU index N (BalanceMM style)")
     parser.add_argument("--modalities", help="comma-separated modality names, e.g. fac,mor")
     parser.add_argument("--epochs", help="number of training epochs")
     parser.add_argument("--seed", help="run seed")
@@ -58,14 +60,49 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class MethodSettingsHelp(str):
+    """The `run --help` epilog: every method's own settings, read from the registry on demand.
+
+    A str subclass whose text is computed when argparse formats it, so building the parser
+    (every CLI call) imports no torch; only `--help` does.
+    """
+
+    def splitlines(self, keepends: bool = False) -> list[str]:  # how argparse reads the epilog
+        return self.text().splitlines(keepends)
+
+    def text(self) -> str:
+        from bbench.config.fields import describe_range, fields_of
+        from bbench.methods.registry import METHODS, WINDOW_ALIASES
+
+        lines = ["method settings (--KEY VALUE or --set KEY=VALUE; ranges are checked before "
+                 "training):"]
+        for name in METHODS:
+            cls = METHODS.get(name)
+            params = [describe_range(f) if any(f.metadata.get(k) is not None for k in
+                                               ("ge", "gt", "le", "lt")) else f.name
+                      for f in fields_of(cls.Params).values()]
+            aliases = [f"{a} = {t}" for a, t in {**(WINDOW_ALIASES if cls.windowed else {}),
+                                                 **cls.param_aliases}.items()]
+            text = ", ".join(params) or "(none)"
+            lines.append(f"  {name}: {text}" + (f" [aliases: {', '.join(aliases)}]" if aliases else ""))
+        lines.append("general settings: --lr, --batch_size, --epochs, --seed, --optimizer, "
+                     "--momentum, --weight_decay, --step_size, --fusion, --mask, dotted keys such "
+                     "as --train.optimizer.lr (see docs/architecture.md)")
+        return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbench", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="train one method on one dataset and write its record")
-    p_run.add_argument("--method", "--trainer", dest="method", default="Baseline")
+    p_run = sub.add_parser("run", help="train one method on one dataset and write its record",
+                           epilog=MethodSettingsHelp(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_run.add_argument("--method", "--trainer", dest="method",
+                       help="method name (default Baseline; see `bbench list methods`)")
     _common(p_run)
     p_run.add_argument("--out", help="run directory (must not exist); default runs/<dataset>/<method>-<time>")
-    p_run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p_run.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run with exactly its settings (other settings "
+                            "are refused; only progress display and worker count may change)")
     p_bench = sub.add_parser("bench", help="every method on one dataset, paper-style table")
     _common(p_bench)
     p_bench.add_argument("--methods", help="comma-separated subset of balancing methods")
@@ -84,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     settings = _parse_settings(args.set, extra)
-    for flag in ("device", "modalities", "epochs", "seed"):
+    for flag in ("device", "modalities", "epochs", "seed", "data_root"):
         value = getattr(args, flag, None)
         if value is not None:
             settings[flag] = value
@@ -100,9 +137,10 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.out:
         settings["out"] = args.out
     if args.resume:
-        result = run(resume=args.resume)
+        result = run(args.method, args.dataset, preset=args.preset, resume=args.resume, **settings)
     else:
-        result = run(args.method, args.dataset, preset=args.preset, **settings)
+        result = run(args.method or "Baseline", args.dataset or "mfeat", preset=args.preset,
+                     **settings)
     print(summary(result))
     return 0
 
@@ -147,7 +185,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
                   file=sys.stderr, flush=True)
 
     methods = args.methods.split(",") if args.methods else None
-    bench = run_bench(args.dataset, methods, settings, args.out, on_run)
+    bench = run_bench(args.dataset or "mfeat", methods, settings, args.out, on_run)
     table, probes = comparison_table(bench), probe_table(bench)
     print(f"\n{bench.dataset} ({', '.join(bench.modalities)}): test split, best-validation epoch\n")
     print(table)
@@ -255,3 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EXPECTED_ERRORS as err:
         print(f"bbench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        from bbench.runner import RunInterrupted
+
+        text = interrupt.message() if isinstance(interrupt, RunInterrupted) else "interrupted"
+        print(f"bbench: {text}", file=sys.stderr)
+        return 130

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import shlex
 import shutil
 import time
 from datetime import datetime
@@ -16,18 +17,24 @@ from typing import Any, Callable
 
 import torch
 
-from bbench.config.fields import to_dict
+from bbench.config.fields import SpecError, to_dict
+from bbench.config.identity import RESUME_MAY_CHANGE, spec_differences, spec_hash
 from bbench.config.resolve import resolve_spec
 from bbench.config.specs import RunSpec
-from bbench.data.registry import build_datamodule
+from bbench.data.registry import DATASETS, build_datamodule
+from bbench.engine import checkpoint as ckpt
 from bbench.engine.checkpoint import CHECKPOINT_NAME, seed_everything
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import count_forward_flops
 from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
 from bbench.engine.trainer import Trainer, TrainingData
 from bbench.methods.base import RunContext
-from bbench.methods.registry import build_method
+from bbench.methods.registry import METHODS, build_method
+from bbench.metrics.classification import evaluation_size
 from bbench.metrics.shapley import compute_shapley
+from bbench.results.files import (MalformedFileError, OutputWriteError, atomic_write, read_json,
+                                  write_json)
+from bbench.results.lock import RunLock
 from bbench.results.record import RECORD_NAME, RunResult, environment
 
 log = logging.getLogger("bbench")
@@ -39,6 +46,32 @@ class RunDirectoryExistsError(FileExistsError):
     """A run would write into a directory that already holds results."""
 
 
+class ResumeMismatchError(ValueError):
+    """A resume asked for settings other than those the run was started with."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: says how far it got and how to continue it."""
+
+    def __init__(self, run_dir: Path, epochs_done: int | None, epochs: int,
+                 checkpointed: int) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir, self.epochs_done, self.epochs = run_dir, epochs_done, epochs
+        self.checkpointed = checkpointed
+
+    def message(self) -> str:
+        where = (f"after {self.epochs_done} of {self.epochs} epochs" if self.epochs_done is not None
+                 else "before training started")
+        if self.checkpointed:
+            return (f"interrupted {where} in {self.run_dir}; its checkpoint holds the first "
+                    f"{self.checkpointed}, and resuming from it ends exactly as an uninterrupted "
+                    f"run would. Continue with:\n  python -m bbench run --resume "
+                    f"{shlex.quote(str(self.run_dir))}")
+        return (f"interrupted {where} in {self.run_dir}; no checkpoint had been written yet (one "
+                f"is written after each epoch unless train.checkpoint_every = 0), so there is "
+                f"nothing to resume: start the run again")
+
+
 def resolve_device(name: str) -> torch.device:
     """'cpu', 'cuda', 'cuda:1', or a bare GPU index as BalanceMM's `--device 0`."""
     if name.isdigit():
@@ -47,54 +80,123 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but no CUDA device is available "
                            f"(torch {torch.__version__}); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {name!r} was requested but this machine has "
+                           f"{torch.cuda.device_count()} CUDA device(s): use cuda:0 … "
+                           f"cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def _make_dir(path: Path, parents: bool) -> None:
+    """mkdir whose failure is one sentence (permission, read-only or full file system)."""
+    try:
+        path.mkdir(parents=parents, exist_ok=parents)
+    except FileExistsError:
+        raise
+    except OSError as err:
+        raise OutputWriteError(f"cannot create the run directory {path}: {err.strerror or err}; "
+                               f"choose a writable --out DIR or --set output_root=DIR") from None
 
 
 def new_run_dir(spec: RunSpec, label: str) -> Path:
     """A fresh directory for the run; an explicit directory that exists is never reused."""
     if spec.run_dir:
         path = Path(spec.run_dir)
+        if path.exists() and not path.is_dir():
+            raise RunDirectoryExistsError(f"--out {path} is an existing file, not a directory; "
+                                          f"choose a directory path that does not exist yet")
         if path.exists() and any(path.iterdir()):
             raise RunDirectoryExistsError(
                 f"run directory {path} already exists and holds results; bbench never overwrites a "
                 f"previous run: choose another output directory, or pass --resume {path} to continue it")
-        path.mkdir(parents=True, exist_ok=True)
+        _make_dir(path, parents=True)
         return path
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     parent = Path(spec.output_root) / spec.dataset.name
-    parent.mkdir(parents=True, exist_ok=True)
+    if parent.exists() and not parent.is_dir():
+        raise RunDirectoryExistsError(f"output root {parent} is a file, not a directory")
+    _make_dir(parent, parents=True)
     for attempt in range(1000):
         path = parent / f"{label}-{stamp}" if attempt == 0 else parent / f"{label}-{stamp}-{attempt}"
         try:
-            path.mkdir()
+            _make_dir(path, parents=False)
             return path
         except FileExistsError:
             continue
     raise RunDirectoryExistsError(f"could not create a fresh run directory under {parent}")
 
 
-def run(method: str = "Baseline", dataset: str = "mfeat", *, preset: str | None = None,
+def run(method: str | None = None, dataset: str | None = None, *, preset: str | None = None,
         resume: str | Path | None = None,
         callbacks: list[Callable[[Trainer, int, dict[str, Any]], None]] | None = None,
         **overrides: Any) -> RunResult:
-    """Train `method` on `dataset` and return its result (also written to the run directory).
+    """Train `method` (default Baseline) on `dataset` (default mfeat) and return its result.
 
     Overrides are bare method hyper-parameters (`alpha=0.5`), shorthands (`epochs=3`) or
     dotted keys (`**{"train.optimizer.lr": 0.1}`); `resume=RUN_DIR` continues an
-    interrupted run from its last checkpoint.
+    interrupted run from its last checkpoint, with exactly its settings: a method, dataset,
+    preset or override that would change them is refused (RESUME_MAY_CHANGE lists what
+    may).
     """
     if resume is not None:
-        run_dir = Path(resume)
-        if (run_dir / RECORD_NAME).exists():
-            raise RunDirectoryExistsError(f"{run_dir} is a finished run ({RECORD_NAME} exists); "
-                                          f"nothing to resume")
-        spec_path = run_dir / SPEC_NAME
-        if not spec_path.is_file():
-            raise FileNotFoundError(f"cannot resume {run_dir}: expected the run's {SPEC_NAME}")
-        spec = resolve_spec(base=json.loads(spec_path.read_text()))
-        return execute(spec, run_dir, resume=True, callbacks=callbacks)
-    spec = resolve_spec(method, dataset, overrides, preset)
+        return _resume(Path(resume), method, dataset, preset, overrides, callbacks)
+    spec = resolve_spec(method or "Baseline", dataset or "mfeat", overrides, preset)
     return execute(spec, None, resume=False, callbacks=callbacks)
+
+
+def _resume(run_dir: Path, method: str | None, dataset: str | None, preset: str | None,
+            overrides: dict[str, Any], callbacks: list[Callable] | None) -> RunResult:
+    if "out" in overrides or "run_dir" in overrides:
+        raise ResumeMismatchError("--out cannot be combined with --resume: a resumed run continues "
+                                  "in its own directory")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume {run_dir}: no such run directory")
+    if (run_dir / RECORD_NAME).exists():
+        raise RunDirectoryExistsError(f"{run_dir} is a finished run ({RECORD_NAME} exists); "
+                                      f"nothing to resume")
+    spec_path = run_dir / SPEC_NAME
+    saved = read_json(spec_path, "run spec")
+    if not isinstance(saved, dict):
+        raise MalformedFileError(f"{spec_path}: expected a JSON object of settings, found "
+                                 f"{type(saved).__name__}")
+    try:
+        spec = resolve_spec(base=saved)
+    except SpecError as err:
+        raise SpecError(f"{spec_path}: {err}") from None
+    # Another method or dataset is a different run altogether: say so without resolving the
+    # saved settings against it (OPM cannot even read OGM's hyper-parameters).
+    differences = [f"{what}: {json.dumps(old)} -> {json.dumps(new)}" for what, old, new in (
+        ("method", spec.method, METHODS.canonical(method) if method else spec.method),
+        ("dataset.name", spec.dataset.name, DATASETS.canonical(dataset) if dataset else spec.dataset.name))
+        if old != new]
+    asked = spec
+    if not differences:
+        asked = resolve_spec(spec.method, spec.dataset.name, overrides, preset, base=saved)
+        differences = spec_differences(to_dict(spec), to_dict(asked))
+    if differences:
+        neutral = "; ".join(f"{k}, {why}" for k, why in RESUME_MAY_CHANGE.items())
+        raise ResumeMismatchError(
+            f"cannot resume {run_dir} with other settings than it was started with (a resumed run "
+            f"continues that run exactly):\n  " + "\n  ".join(differences) +
+            f"\nOnly these may differ on resume: {neutral}. To train with other settings, start a "
+            f"new run.")
+    return execute(asked, run_dir, resume=True, callbacks=callbacks)
+
+
+def check_trainable(spec: RunSpec, data: Any, method: Any) -> None:
+    """Refuse a run that could not train; warn about one whose method would never act."""
+    if method.procedure:
+        return
+    n_train = len(data.train)
+    if n_train < spec.train.batch_size:
+        raise SpecError(f"batch_size={spec.train.batch_size} is larger than the training split of "
+                        f"{spec.dataset.name} ({n_train} samples): the last incomplete batch is "
+                        f"dropped, so no step would run; use --set batch_size=N with N <= {n_train}")
+    if method.windowed and method.active_epochs(spec.train.epochs) == 0:
+        p = method.params
+        log.warning("%s's window (epochs %d to %d) never opens in a %d-epoch run: it trains exactly "
+                    "as Baseline. The record says active_epochs = 0; raise --epochs above %d or set "
+                    "start lower", method.name, p.start, p.end, spec.train.epochs, p.start)
 
 
 def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
@@ -104,9 +206,34 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
     data = build_datamodule(spec.dataset)
     ctx = RunContext(data.info, spec.model, spec.train.seed, device, spec)
     method = build_method(spec.method, spec.method_params, ctx)
-    if run_dir is None:
+    check_trainable(spec, data, method)
+    fresh = run_dir is None
+    if fresh:
         run_dir = new_run_dir(spec, method.run_label())
-        (run_dir / SPEC_NAME).write_text(json.dumps(to_dict(spec), indent=1))
+    with RunLock(run_dir):
+        if resume and (run_dir / RECORD_NAME).exists():
+            raise RunDirectoryExistsError(f"{run_dir} finished while this resume waited: "
+                                          f"{RECORD_NAME} exists; nothing to resume")
+        identity = {"spec": to_dict(spec), "hash": spec_hash(to_dict(spec))}
+        if fresh:
+            write_json(run_dir / SPEC_NAME, to_dict(spec), "run spec")
+        try:
+            return _execute_locked(spec, data, method, run_dir, device, resume, identity, callbacks)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, None, spec.train.epochs, _checkpointed(run_dir)) from None
+
+
+def _checkpointed(run_dir: Path) -> int:
+    """Epochs covered by the run directory's checkpoint (0 when there is none)."""
+    path = run_dir / CHECKPOINT_NAME
+    return int(ckpt.load(path, torch.device("cpu"))["epoch"]) if path.is_file() else 0
+
+
+def _execute_locked(spec: RunSpec, data: Any, method: Any, run_dir: Path, device: torch.device,
+                    resume: bool, identity: dict[str, Any], callbacks: list[Callable] | None
+                    ) -> RunResult:
     _keep_split_lists(data, run_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -115,9 +242,10 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
         metrics, extra, history = method.run_procedure(data, run_dir, device), {}, []
     else:
         metrics, extra, history = _train_and_evaluate(spec, data, method, run_dir, device,
-                                                      resume, callbacks)
+                                                      resume, identity, callbacks)
     metrics["wall_seconds"] = time.perf_counter() - started
     metrics["peak_memory_bytes"] = _peak_memory(device)
+    extra["spec_hash"] = identity["hash"]
     result = RunResult(run_dir, to_dict(spec), metrics, history, environment(device), extra)
     result.save()
     log.info("%s on %s: acc=%.4f, record %s", spec.method, spec.dataset.name,
@@ -125,27 +253,57 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
     return result
 
 
+def verified_checkpoint(run_dir: Path, identity: dict[str, Any], device: torch.device
+                        ) -> dict[str, Any]:
+    """The run's checkpoint, refused when it was written under other settings than spec.json's."""
+    path = run_dir / CHECKPOINT_NAME
+    state = ckpt.load(path, device)
+    stored = state["run"] or {}
+    if stored.get("hash") != identity["hash"]:
+        differences = spec_differences(stored.get("spec") or {}, identity["spec"])
+        raise ckpt.CheckpointError(
+            f"{path} was written under other settings than {run_dir / SPEC_NAME} now holds, so "
+            f"continuing would mix two experiments (checkpoint -> spec.json):\n  "
+            + "\n  ".join(differences or ["(the checkpoint records no settings)"])
+            + f"\n{SPEC_NAME} was changed after the run started: restore it, or start a new run")
+    return state
+
+
 def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torch.device,
-                        resume: bool, callbacks) -> tuple[dict[str, Any], dict[str, Any], list]:
+                        resume: bool, identity: dict[str, Any], callbacks
+                        ) -> tuple[dict[str, Any], dict[str, Any], list]:
     model = method.build_model()
     training = TrainingData(data.info, data.train, data.val, data.collate, data.train_eval)
     callbacks = list(callbacks or [])
     board = TensorBoardLogger(run_dir / "tensorboard") if tensorboard_available() else None
     if board is not None:
         callbacks.append(board)
-    trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks)
+    trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
+                      run_identity=identity)
+    state = verified_checkpoint(run_dir, identity, device) if resume else None
     try:
-        fit = trainer.fit(resume=run_dir / CHECKPOINT_NAME if resume else None)
+        fit = trainer.fit(resume_state=state)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
+                             trainer.checkpointed_epoch) from None
+    except OutputWriteError as err:
+        if not trainer.checkpointed_epoch:
+            raise
+        raise OutputWriteError(f"{err}. The checkpoint of epoch {trainer.checkpointed_epoch} is "
+                               f"usable: once there is room, continue with: python -m bbench run "
+                               f"--resume {shlex.quote(str(run_dir))}") from None
     finally:
         if board is not None:
             board.close()
     model.load_state_dict(fit.best_state)
-    torch.save(fit.best_state, run_dir / BEST_MODEL_NAME)
+    atomic_write(run_dir / BEST_MODEL_NAME, lambda tmp: torch.save(fit.best_state, tmp),
+                 "selected weights")
 
     eval_started = time.perf_counter()
     test_loader = eval_loader(data.test, spec.eval.batch_size, data.collate, spec.train.num_workers)
-    metrics: dict[str, Any] = split_metrics(predict(method, model, test_loader, device),
-                                            data.info.num_classes)
+    test_predictions = predict(method, model, test_loader, device)
+    metrics: dict[str, Any] = split_metrics(test_predictions, data.info.num_classes)
+    metrics["test_size"] = evaluation_size(test_predictions.labels, data.info.num_classes)
     extra: dict[str, Any] = {}
     if spec.eval.shapley:
         shapley = compute_shapley(method, model, test_loader, device, mask=spec.eval.mask)
@@ -166,6 +324,7 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         "best_epoch": fit.best_epoch,
         "val_acc": fit.best_val.get("acc"),
         "num_params": sum(p.numel() for p in model.parameters()),
+        **({"active_epochs": method.active_epochs(spec.train.epochs)} if method.windowed else {}),
         **forward_flops(method, model, data, device),
     })
     return metrics, extra, fit.history

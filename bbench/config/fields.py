@@ -61,15 +61,20 @@ def check_range(owner: str, field: dataclasses.Field, value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     m = field.metadata
+    ranged = any(m.get(k) is not None for k in _RANGE_KEYS)
     bad = (
         (isinstance(value, float) and math.isnan(value))
+        # inf satisfies `alpha >= 0` but no algorithm is defined there, and a record could only
+        # store it as non-standard JSON: a ranged number must be finite.
+        or (ranged and isinstance(value, float) and math.isinf(value))
         or (m.get("ge") is not None and not value >= m["ge"])
         or (m.get("gt") is not None and not value > m["gt"])
         or (m.get("le") is not None and not value <= m["le"])
         or (m.get("lt") is not None and not value < m["lt"])
     )
     if bad:
-        raise SpecError(f"{owner}: {field.name}={value!r} is out of range; need {describe_range(field)}")
+        need = describe_range(field) + (" and a finite value" if ranged else "")
+        raise SpecError(f"{owner}: {field.name}={value!r} is out of range; need {need}")
 
 
 def fields_of(cls: type) -> dict[str, dataclasses.Field]:

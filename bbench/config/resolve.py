@@ -110,7 +110,7 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
                  overrides: Mapping[str, Any] | None = None, preset: str | None = None,
                  base: Mapping[str, Any] | None = None) -> RunSpec:
     """Validate everything about a run and return its frozen spec."""
-    from bbench.data.registry import DATASETS
+    from bbench.data.registry import DATASETS, resolve_modalities
     from bbench.methods.registry import METHODS, WINDOW_ALIASES, method_params
     from bbench.models.encoders import ENCODERS
     from bbench.models.fusion import FUSIONS
@@ -135,6 +135,7 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
         else:
             set_dotted(tree, _route(key, method_keys), value)
     spec = build(RunSpec, tree, "run")
+    _check_modality_count(method_cls, resolve_modalities(entry, spec.dataset.modalities))
     # Fail now, not mid-run, and record every setting typed and complete (defaults included,
     # BalanceMM key names mapped to bbench's).
     encoders = {name: replace(enc, type=ENCODERS.canonical(enc.type), options=to_dict(build(
@@ -148,3 +149,15 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
             build(entry.options, spec.dataset.options, f"dataset {entry.name}"))),
         model=replace(spec.model, encoders=encoders, fusion=fusion, fusion_options=to_dict(
             build(FUSIONS.get(fusion).options, spec.model.fusion_options, f"fusion {fusion}"))))
+
+
+def _check_modality_count(method_cls: Any, modalities: tuple[str, ...]) -> None:
+    """A method outside its modality bounds would run and report a meaningless I = 0."""
+    n, least, most = len(modalities), method_cls.min_modalities, method_cls.max_modalities
+    if n < least:
+        raise SpecError(f"{method_cls.name} needs at least {least} modalities, got {n} "
+                        f"({', '.join(modalities)}): it balances modalities against each other; "
+                        f"for one modality run Unimodal or Baseline")
+    if most is not None and n > most:
+        raise SpecError(f"{method_cls.name} handles at most {most} modalities, got {n} "
+                        f"({', '.join(modalities)})")

@@ -7,10 +7,14 @@ parameter class of the method, dataset or encoder they belong to (see `resolve.p
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from bbench.config.fields import param
+from bbench.config.fields import SpecError, param
+
+DEVICE_FORM = re.compile(r"cpu|cuda(:\d+)?|\d+")
+DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...), or a bare GPU index N as BalanceMM's --device 0"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,11 @@ class TrainSpec:
     checkpoint_every: int = param(1, ge=0, doc="epochs between checkpoints; 0 = never")
     flops: Literal["sampled", "all", "off"] = "sampled"
     flops_steps: int = param(1, ge=1, doc="steps counted per pass when flops='sampled'")
+
+    def __post_init__(self) -> None:
+        if not DEVICE_FORM.fullmatch(self.device):
+            raise SpecError(f"run: device={self.device!r} is not a device bbench can train on; "
+                            f"accepted: {DEVICE_FORMS}")
 
 
 @dataclass(frozen=True)

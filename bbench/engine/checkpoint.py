@@ -1,7 +1,6 @@
 """Checkpoint files: atomic writes and the random-number state a resumed run needs."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -9,23 +8,45 @@ from typing import Any
 import numpy as np
 import torch
 
+from bbench.results.files import atomic_write
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read, or does not belong to the run that would continue from it."""
+
+
+REQUIRED_KEYS = ("epoch", "global_step", "model", "optimizer", "scheduler", "method", "rng",
+                 "history", "run")
+
+
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write to a temporary file, then rename: an interrupted save never corrupts the last one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Atomic: an interrupted or failed save (Ctrl-C, full disk) leaves the last one intact."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint's state, or one clear error saying why it cannot be used."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint to resume from: expected {path}")
-    return torch.load(path, map_location=device, weights_only=False)
+        raise CheckpointError(f"no checkpoint to resume from: expected {path} (a run writes it "
+                              f"after every epoch unless train.checkpoint_every = 0)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # zip, pickle and EOF errors all mean the same to the user
+        size = path.stat().st_size
+        raise CheckpointError(
+            f"{path} cannot be read as a bbench checkpoint ({size} bytes; {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}): it is truncated, empty or "
+            f"not a checkpoint. The run cannot continue from it; start the run again") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this bbench version (missing "
+                              f"{', '.join(missing)}); start the run again")
+    return state
 
 
 def rng_state() -> dict[str, Any]:

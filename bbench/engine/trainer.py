@@ -34,6 +34,10 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped because the loss became NaN or infinite."""
 
 
+class EmptyEpochError(ValueError):
+    """An epoch's training set is smaller than one batch: it would train nothing."""
+
+
 @dataclass
 class TrainingData:
     """The splits a Trainer may see: train and validation, never test."""
@@ -71,7 +75,8 @@ def loader_seed(seed: int, epoch: int, phase: int) -> int:
 class Trainer:
     def __init__(self, spec: TrainSpec, data: TrainingData, method: Method, model: nn.Module,
                  run_dir: Path | None = None, count_flops: bool = True,
-                 callbacks: list[Callable[["Trainer", int, dict[str, Any]], None]] | None = None) -> None:
+                 callbacks: list[Callable[["Trainer", int, dict[str, Any]], None]] | None = None,
+                 run_identity: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.data = data
         self.method = method
@@ -90,6 +95,9 @@ class Trainer:
         self.best_val: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] = {}
         self.train_seconds = 0.0
+        # Stored in every checkpoint (the resolved spec and its hash) so a resume can verify it.
+        self.run_identity = dict(run_identity or {})
+        self.checkpointed_epoch = 0  # epochs covered by the last checkpoint written
 
     # -- helpers methods use -----------------------------------------------------------------
     def zero_grad(self) -> None:
@@ -117,9 +125,10 @@ class Trainer:
         return move_batch(batch, self.device)
 
     # -- the loop ------------------------------------------------------------------------------
-    def fit(self, resume: Path | None = None) -> FitResult:
-        if resume is not None:
-            self._restore(ckpt.load(resume, self.device))
+    def fit(self, resume_state: dict[str, Any] | None = None) -> FitResult:
+        """Train to `spec.epochs`; `resume_state` (a loaded, verified checkpoint) continues a run."""
+        if resume_state is not None:
+            self._restore(resume_state)
         else:
             with self.flops.count("fit_start"):
                 self.method.on_fit_start(self)
@@ -152,6 +161,11 @@ class Trainer:
         for phase in range(self.method.phases(epoch)):
             loader = self.train_loader(train_set, epoch, phase)
             n_b = len(loader)
+            if n_b == 0:  # drop_last with fewer samples than a batch: the epoch would not train
+                raise EmptyEpochError(
+                    f"{self.method.name}: the training set of epoch {epoch} has {len(train_set)} "
+                    f"samples, fewer than batch_size={self.spec.batch_size}, so no step would "
+                    f"run; use --set batch_size=N with N <= {len(train_set)}")
             sampled_flops, sampled_samples, unsampled_samples = 0, 0, 0
             for j, batch in enumerate(loader):
                 batch = self.to_device(batch)
@@ -231,6 +245,7 @@ class Trainer:
         if self.epoch % every and self.epoch != self.spec.epochs:
             return
         ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, {
+            "run": self.run_identity,
             "epoch": self.epoch, "global_step": self.global_step, "samples_seen": self.samples_seen,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
@@ -240,12 +255,19 @@ class Trainer:
             "flops_estimated": self.flops.estimated,
             "train_seconds": self.train_seconds,
         })
+        self.checkpointed_epoch = self.epoch
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.method.load_state_dict(state["method"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ckpt.CheckpointError(
+                f"the checkpoint does not fit the model and method its run describes ({first}); "
+                f"the run's files were changed after it started. Start the run again") from None
         ckpt.set_rng_state(state["rng"])
         self.epoch = state["epoch"]
         self.global_step = state["global_step"]
@@ -258,3 +280,4 @@ class Trainer:
         self.flops.regions = dict(state["flops_by_region"])
         self.flops.estimated = state["flops_estimated"]
         self.train_seconds = state["train_seconds"]
+        self.checkpointed_epoch = self.epoch

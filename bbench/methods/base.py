@@ -149,6 +149,9 @@ class Method:
     default_eval: ClassVar[bool] = True
     # Evaluation procedures (LinearProbe) replace training by `run_procedure`.
     procedure: ClassVar[bool] = False
+    # How many modalities the method is defined for; a balancing method needs two to balance.
+    min_modalities: ClassVar[int] = 1
+    max_modalities: ClassVar[int | None] = None
 
     def __init__(self, params: Any, ctx: RunContext) -> None:
         self.params = params
@@ -174,6 +177,10 @@ class Method:
         if not self.windowed:
             return True
         return self.params.start <= epoch <= self.params.end
+
+    def active_epochs(self, epochs: int) -> int:
+        """How many of a run's `epochs` the method acts in (all of them unless windowed)."""
+        return sum(self.active(e) for e in range(epochs))
 
     # -- hooks (override what the algorithm needs) -----------------------------------------
     def on_fit_start(self, trainer: "Trainer") -> None:

@@ -24,7 +24,7 @@ from bbench.engine.flops import FlopAccount
 from bbench.engine.optim import build_optimizer
 from bbench.methods.base import Method, RunContext, method_seed
 from bbench.methods.registry import build_method, register_method
-from bbench.metrics.classification import accuracy, macro_f1
+from bbench.metrics.classification import accuracy, evaluation_size, macro_f1
 from bbench.results.record import RunResult
 
 
@@ -72,6 +72,7 @@ class LinearProbe(Method):
             if not torch.equal(value, frozen_before[key]):
                 raise RuntimeError(f"LinearProbe changed the probed model's {key}")
         metrics["train_flops"] = flops.total
+        metrics["test_size"] = evaluation_size(cached["test"][1], data.info.num_classes)
         return metrics
 
     def _load_source(self, source: RunResult, device: torch.device):

@@ -53,6 +53,7 @@ def combine_tensor(g_mm: torch.Tensor, g_m: torch.Tensor, k0: torch.Tensor, k1: 
 class MMPareto(Method):
     name = "MMPareto"
     family = "Objective"
+    min_modalities = 2  # balances modalities against each other
     Params = MMParetoParams
     windowed = True
     param_aliases = {"alpha": "gamma"}

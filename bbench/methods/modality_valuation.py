@@ -51,6 +51,7 @@ def coalition_values(correct: torch.Tensor) -> torch.Tensor:
 class ModalityValuation(Method):
     name = "ModalityValuation"
     family = "Data"
+    min_modalities = 2  # balances modalities against each other
     Params = ModalityValuationParams
     windowed = True
 

@@ -36,6 +36,7 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
 class OGM(Method):
     name = "OGM"
     family = "Optimization"
+    min_modalities = 2  # balances modalities against each other
     Params = OGMParams
     windowed = True
     param_aliases = {"method": "variant"}

@@ -5,7 +5,6 @@ the Baseline run (with the Unimodal runs beside it, the paper's Figure 2 questio
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, Callable, Mapping, Sequence
 from bbench.config.resolve import resolve_spec
 from bbench.data.registry import DATASETS, resolve_modalities
 from bbench.methods.registry import METHODS
+from bbench.results.files import write_json
 from bbench.results.record import RunResult
 from bbench.runner import run
 
@@ -93,7 +93,8 @@ def run_bench(dataset: str, methods: Sequence[str] | None = None,
                                                      "unimodal_runs": unimodal})
     if on_run:
         on_run(total - 1, total, "LinearProbe", result.probe, time.perf_counter() - started)
-    (root / "bench.json").write_text(json.dumps({
+    write_json(root / "bench.json", {
         "dataset": entry.name, "modalities": list(modalities),
-        "runs": [str(r.run_dir) for r in result.runs], "probe": str(result.probe.run_dir)}, indent=1))
+        "runs": [str(r.run_dir) for r in result.runs], "probe": str(result.probe.run_dir)},
+        "bench index")
     return result

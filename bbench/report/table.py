@@ -19,8 +19,14 @@ def _pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}"
 
 
+INACTIVE_MARK = " (window never opened)"
+"""Marks a windowed method whose window lay outside the run: its row is Baseline's training."""
+
+
 def _row(label: str, family: str, r: RunResult, modalities: Sequence[str]) -> list[Any]:
     m = r.metrics
+    if m.get("active_epochs") == 0:
+        label += INACTIVE_MARK
     return [label, family, _pct(m.get("acc")), _pct(m.get("f1")),
             *[_pct(m.get(f"acc_{x}")) for x in modalities],
             f"{m['imbalance']:.4f}" if "imbalance" in m else "",

@@ -5,7 +5,6 @@ is never reused). `schema` versions the layout so readers can refuse what they d
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from bbench._version import __version__
+from bbench.results.files import MalformedFileError, read_json, write_json
 
 SCHEMA = "bbench.run/1"
 RECORD_NAME = "record.json"
@@ -52,11 +52,8 @@ class RunResult:
                 "environment": self.environment, **self.extra}
 
     def save(self) -> Path:
-        path = self.record_path
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=False, default=_jsonable))
-        os.replace(tmp, path)
-        return path
+        write_json(self.record_path, self.to_json(), "run record")
+        return self.record_path
 
     @classmethod
     def load(cls, path: str | Path) -> "RunResult":
@@ -65,20 +62,13 @@ class RunResult:
             path = path / RECORD_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no run record at {path} (a finished run writes {RECORD_NAME})")
-        data = json.loads(path.read_text())
-        if data.get("schema") != SCHEMA:
-            raise ValueError(f"{path}: record schema {data.get('schema')!r} is not {SCHEMA!r}")
+        data = read_json(path, "run record")
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+            raise MalformedFileError(f"{path}: record schema {found!r} is not {SCHEMA!r}")
         known = {"schema", "created", "spec", "metrics", "history", "environment"}
         return cls(path.parent, data["spec"], data["metrics"], data.get("history", []),
                    data.get("environment", {}), {k: v for k, v in data.items() if k not in known})
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a run record")
 
 
 def git_commit() -> str | None:
