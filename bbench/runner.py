@@ -272,6 +272,8 @@ def verified_checkpoint(run_dir: Path, identity: dict[str, Any], device: torch.d
 def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torch.device,
                         resume: bool, identity: dict[str, Any], callbacks
                         ) -> tuple[dict[str, Any], dict[str, Any], list]:
+    # Verified before anything is opened in the run directory: a refused resume adds no file.
+    state = verified_checkpoint(run_dir, identity, device) if resume else None
     model = method.build_model()
     training = TrainingData(data.info, data.train, data.val, data.collate, data.train_eval)
     callbacks = list(callbacks or [])
@@ -280,7 +282,6 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         callbacks.append(board)
     trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
                       run_identity=identity)
-    state = verified_checkpoint(run_dir, identity, device) if resume else None
     try:
         fit = trainer.fit(resume_state=state)
     except KeyboardInterrupt:
