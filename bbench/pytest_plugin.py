@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
@@ -138,6 +138,8 @@ class BBenchState:
         self.results: dict[str, CaseResult] = {}
         self.written: list[str] = []
         self.compare_file = self.resolve_saved(self.compare) if self.compare else None
+        if self.compare_file is not None:  # a bad file fails now, not after every case trained
+            self.checked_baseline(self.compare_file, f"--bbench-compare={self.compare}")
 
     @property
     def runner(self) -> Any:
@@ -190,6 +192,34 @@ class BBenchState:
         if key not in self._baselines:
             self._baselines[key] = load_table(path) if path.exists() else None
         return self._baselines[key]
+
+    def checked_baseline(self, path: Path, what: str) -> Any:
+        """`baseline_table`, with an unreadable or malformed file as one UsageError naming it."""
+        try:
+            return self.baseline_table(path)
+        except (OSError, ValueError) as err:
+            text = str(err).replace(str(path), _relative(path, self.config.rootpath))
+            raise pytest.UsageError(f"{what}: {text}") from None
+
+    def check_default_baselines(self, declarations: Iterable[Path]) -> None:
+        """At collection end: the default baseline of every declaration file with selected
+        cases must load (and exist, unless --bbench-update-baselines creates it), so that a
+        missing or malformed baseline fails the session before any case trains."""
+        if self.compare_file is not None or (self.compare is None and not self.update):
+            return
+        root = self.config.rootpath
+        for declaration in sorted(set(declarations)):
+            path = self.default_baseline(declaration)
+            option = "--bbench-update-baselines" if self.update else "--bbench-compare"
+            table = self.checked_baseline(path, option)
+            if table is None and not self.update:
+                decl = _relative(declaration, root)
+                raise pytest.UsageError(
+                    f"--bbench-compare: no baseline file at {_relative(path, root)} (the "
+                    f"{self.profile_name} profile's baseline of {decl}); create it with: "
+                    f"pytest {decl} --bbench-update-baselines"
+                    f"{'' if self.profile_name == 'smoke' else ' --bbench-profile ' + self.profile_name}"
+                    f", review it and commit it")
 
 
 STATE_KEY = pytest.StashKey[BBenchState]()
@@ -256,7 +286,7 @@ class CaseItem(pytest.Item):
         outcome = state.runner.execute(self.case, self.plan)
         failing = [c for c in outcome.checks if not c.ok]
         tracked = tracked_metrics(outcome.metrics)
-        comparison = self._compare(state, tracked)
+        comparison = self._compare(state, tracked, outcome.metrics.get("test_size"))
         if comparison.get("error"):
             failing.append(Check("baseline", False, kind="baseline", detail=comparison["error"]))
         elif not state.update:
@@ -281,7 +311,8 @@ class CaseItem(pytest.Item):
         if failing:
             raise CaseFailed(self.case, outcome, failing)
 
-    def _compare(self, state: BBenchState, tracked: dict[str, Any]) -> dict[str, Any]:
+    def _compare(self, state: BBenchState, tracked: dict[str, Any],
+                 test_size: dict[str, Any] | None = None) -> dict[str, Any]:
         from bbench.report.compare import compare_metrics
 
         source = state.compare_source(self.path)
@@ -297,7 +328,9 @@ class CaseItem(pytest.Item):
         if self.case.id not in table.cases:
             return {"source": str(source), "status": "added", "deltas": []}
         deltas = compare_metrics(self.case.id, table.cases[self.case.id], tracked,
-                                 table.tolerances_of(self.case.id))
+                                 table.tolerances_of(self.case.id),
+                                 test_size=table.test_sizes.get(self.case.id),
+                                 observed_test_size=test_size)
         statuses = {d.status for d in deltas}
         status = ("regression" if statuses & {"regression", "missing"} else
                   "improvement" if "improvement" in statuses else "ok")
@@ -374,6 +407,12 @@ class SessionHooks:
     def __init__(self, state: BBenchState) -> None:
         self.state = state
 
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.state.is_worker:  # under xdist the controller checks (XdistHooks)
+            return
+        self.state.check_default_baselines(item.path for item in session.items
+                                           if isinstance(item, CaseItem) and not item.case.skip)
+
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         state = self.state
@@ -430,6 +469,15 @@ class XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["bbench_session"] = self.state.session_id
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        # The controller collects nothing itself; it checks the baselines of the declaration
+        # files the workers collected, before it schedules any case (a UsageError raised on a
+        # worker would only end that worker: "no active workers available").
+        glob = self.state.config.getini("bbench_case_files")
+        files = {nodeid.split("::", 1)[0] for nodeid in ids}
+        self.state.check_default_baselines(self.state.config.rootpath / f for f in files
+                                           if fnmatch.fnmatch(Path(f).name, glob))
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         output = getattr(node, "workeroutput", None) or {}
@@ -544,20 +592,28 @@ def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
     written = []
     for file, results in by_file.items():
         path = Path(file)
-        tolerances, case_tolerances, cases = None, {}, {}
+        tolerances, case_tolerances, cases, sizes = None, {}, {}, {}
         if path.exists():
             old = json.loads(path.read_text())
-            if old.get("schema") != BASELINE_SCHEMA:
-                raise pytest.UsageError(f"{path} is not a bbench baseline file (schema {old.get('schema')!r})")
+            if not isinstance(old, dict) or old.get("schema") != BASELINE_SCHEMA:
+                schema = old.get("schema") if isinstance(old, dict) else None
+                raise pytest.UsageError(f"{path} is not a bbench baseline file (schema {schema!r})")
             table = table_from_json(old, str(path))
             tolerances, case_tolerances, cases = table.tolerances, table.case_tolerances, table.cases
+            sizes = table.test_sizes
         declared = state.declared.get(file)
         if declared is not None:
             cases = {c: m for c, m in cases.items() if c in declared}
         for r in results:
             cases[r.case] = tracked_metrics(r.payload["metrics"])
+            size = r.payload["metrics"].get("test_size")
+            if isinstance(size, dict):  # the split one sample's worth is computed from
+                sizes[r.case] = size
+            else:
+                sizes.pop(r.case, None)
         doc = baseline_json(cases, profile=state.profile_name, tolerances=tolerances,
-                            case_tolerances=case_tolerances, meta={
+                            case_tolerances=case_tolerances,
+                            test_sizes={c: s for c, s in sizes.items() if c in cases}, meta={
                                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                                 "machine_info": machine_info(),
                                 "commit_info": commit_info(state.config.rootpath)})

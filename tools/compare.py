@@ -7,8 +7,9 @@ A is the reference (a committed baseline `cases/baselines/<profile>.json`, a sav
 `.bbench/<machine id>/<NNNN>_<name>.json`, or a run's `record.json` / run directory), B the
 result under test (same kinds). The comparison is the one `pytest cases --bbench-compare`
 applies (bbench.report.compare): per-metric tolerances from A when A is a baseline, else the
-defaults (exact for FLOPs and parameter counts, ±0.05 for accuracy, F1 and imbalance; or
-those of `--tolerances`, a baseline file). Exit status 1 when B regresses beyond tolerance
+defaults (exact for FLOPs and parameter counts; for accuracy, F1 and imbalance ±0.05 or one
+test sample's worth, from A's `test_size` of the case, else B's; or the tolerances of
+`--tolerances`, a baseline file). Exit status 1 when B regresses beyond tolerance
 (or a tracked metric is missing), 0 otherwise; improvements and added/removed cases are
 reported without failing. Standard library and bbench.report.compare only: no torch import.
 """

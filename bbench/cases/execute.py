@@ -106,7 +106,8 @@ class CaseRunner:
 
 
 def case_metrics(result: Any) -> dict[str, Any]:
-    """What a case reports: the tracked metrics (with the parameter count) and some context."""
+    """What a case reports: the tracked metrics (with the parameter count) and some context,
+    including the evaluation split's size (`test_size`) that sample-aware tolerances need."""
     m = result.metrics
     out: dict[str, Any] = {}
     for key, value in m.items():
@@ -117,5 +118,7 @@ def case_metrics(result: Any) -> dict[str, Any]:
                 out[key] = value
     if isinstance(m.get("shapley"), dict):
         out["shapley"] = dict(m["shapley"])
+    if isinstance(m.get("test_size"), dict):  # one sample's worth in the baseline tolerances
+        out["test_size"] = dict(m["test_size"])
     return out
 

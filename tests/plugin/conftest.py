@@ -10,6 +10,15 @@ from typing import Any
 
 import pytest
 
+# Import what the inner sessions' collection imports, once, in this process. pytester's
+# in-process runs drop the modules first imported inside them; the dataset registry imports
+# torchvision.transforms.v2, hence torch._dynamo and torch._inductor.test_operators, which
+# registers a TORCH_LIBRARY namespace that cannot be registered twice. So when no earlier test
+# had imported torchvision (`pytest tests/plugin` alone), the second inner session re-imported
+# it and failed to collect: "Only a single TORCH_LIBRARY can be used to register the namespace
+# _inductor_test".
+import bbench.data  # noqa: E402,F401
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -35,7 +35,11 @@ def test_update_writes_tracked_metrics_with_tolerances(cases, baseline):
     metrics = baseline["cases"]["MMPareto-Syn"]["metrics"]
     assert set(metrics) == {"acc", "f1", "imbalance", "train_flops", "num_params"}
     assert baseline["tolerances"]["train_flops"] == {"exact": True}
-    assert baseline["tolerances"]["acc"] == {"abs": 0.05, "better": "higher"}
+    acc = dict(baseline["tolerances"]["acc"])
+    assert acc.pop("why") and acc == {"abs": 0.05, "samples": 1, "better": "higher"}
+    # the split one sample's worth is computed from, beside the metrics
+    assert baseline["cases"]["MMPareto-Syn"]["test_size"] == {"samples": 32, "classes": 4,
+                                                              "min_class_support": 8}
     assert baseline["commit_info"] and baseline["machine_info"]["python_version"]
 
 
@@ -55,7 +59,8 @@ def test_an_edit_beyond_tolerance_fails_naming_case_metric_values_and_tolerance(
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
         f"MMPareto-Syn: acc regressed: observed {acc:.4f}, baseline {acc + 0.06:.4f} (difference "
-        f"-0.0600; tolerance ±0.05 absolute, higher is better) [baselines/smoke.json]",
+        f"-0.0600; tolerance ±0.05 absolute or 1 test sample's worth (±0.0312 of 32 samples), "
+        f"higher is better) [baselines/smoke.json]",
     ])
     result.stdout.fnmatch_lines([
         f"*Baseline-Syn: train_flops changed: observed {flops}, baseline {flops + 1} (difference -1; "
@@ -93,12 +98,77 @@ def test_added_and_removed_cases_are_listed_and_update_rewrites(cases, baseline)
     assert doc["tolerances"]["acc"] == {"abs": 0.1, "better": "higher"}
 
 
-def test_missing_baseline_file_fails_with_how_to_create_it(cases):
+def test_one_test_samples_worth_comes_from_the_baselines_split(cases, baseline):
+    """The baseline's test_size sets the worth: on a (pretend) 5-sample split, 0.2 is one sample."""
+    acc = baseline["cases"]["MMPareto-Syn"]["metrics"]["acc"]
+    doc = json.loads(cases.baseline().read_text())
+    doc["cases"]["MMPareto-Syn"]["test_size"] = {"samples": 5, "classes": 4, "min_class_support": 1}
+    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.2  # one sample of 5: within tolerance
+    doc["cases"]["Baseline-Syn"]["metrics"]["acc"] += 0.06  # 32 samples: 0.06 > max(0.05, 1/32)
+    cases.baseline().write_text(json.dumps(doc))
+    result = cases("--bbench-compare")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Baseline-Syn: acc regressed:*(difference -0.0600; tolerance ±0.05 "
+                                 "absolute or 1 test sample's worth (±0.0312 of 32 samples)*"])
+    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.4  # two samples of 5: fails
+    cases.baseline().write_text(json.dumps(doc))
+    result = cases("--bbench-compare", "-k", "MMPareto")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*MMPareto-Syn: acc regressed:*(difference -0.4000; tolerance ±0.05 "
+                                 "absolute or 1 test sample's worth (±0.2000 of 5 samples)*"])
+
+
+def test_missing_default_baseline_is_a_usage_error_before_any_case_trains(cases):
     cases.declare(GRID)
     result = cases("--bbench-compare", "-k", "Baseline")
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*no baseline file at */baselines/smoke.json; create it with "
-                                 "--bbench-update-baselines (profile smoke)*"])
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([
+        "ERROR: --bbench-compare: no baseline file at baselines/smoke.json (the smoke profile's "
+        "baseline of cases_demo.py); create it with: pytest cases_demo.py "
+        "--bbench-update-baselines, review it and commit it"])
+    assert not cases.out.exists()  # nothing trained
+    # the quick profile's message names the profile option too
+    result = cases("--bbench-compare", "--bbench-profile", "quick", "-k", "Baseline")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *baselines/quick.json*--bbench-update-baselines "
+                                 "--bbench-profile quick*"])
+
+
+def test_malformed_default_baseline_is_a_usage_error_naming_it(cases):
+    cases.declare(GRID)
+    cases.baseline().parent.mkdir()
+    cases.baseline().write_text("{not json")
+    for option in ("--bbench-compare", "--bbench-update-baselines"):
+        result = cases(option, "-k", "Baseline")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"ERROR: {option}: baselines/smoke.json: not valid JSON (*"])
+    assert not cases.out.exists()
+
+
+BAD_FILES = {
+    "not JSON": ("[1, 2", "not valid JSON"),
+    "wrong schema": ('{"schema": "bbench.other/1"}', "unknown result schema 'bbench.other/1'"),
+    "not an object": ("[1, 2]", "expected a JSON object with a 'schema' key, got list"),
+    "bad tolerance": ('{"schema": "bbench.baselines/1", "tolerances": {"acc": {"abs": 0.05, '
+                      '"sample": 1}}, "cases": {}}', "tolerances: acc: unknown key(s) sample"),
+    "bad samples": ('{"schema": "bbench.baselines/1", "tolerances": {"acc": {"samples": -1}}}',
+                    "tolerances: acc: tolerance 'samples' must be a whole number >= 0"),
+    "bad entry": ('{"schema": "bbench.baselines/1", "cases": {"Baseline-Syn": {"metrics": '
+                  '{"acc": "high"}}}}', "Baseline-Syn: metrics: not numbers"),
+    "bad test_size": ('{"schema": "bbench.baselines/1", "cases": {"Baseline-Syn": {"metrics": {}, '
+                      '"test_size": {"samples": 12}}}}', "Baseline-Syn: test_size: expected"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_FILES))
+def test_malformed_compare_file_is_a_usage_error_at_session_start(cases, kind):
+    text, reason = BAD_FILES[kind]
+    cases.declare(GRID)
+    (cases.pytester.path / "other.json").write_text(text)
+    result = cases("--bbench-compare=other.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: --bbench-compare=other.json: other.json: *{reason}*"])
+    assert not cases.out.exists()  # found before collection: nothing trained
 
 
 def test_save_numbers_sessions_and_compare_accepts_a_save(cases):

@@ -37,10 +37,12 @@ def test_missing_new_and_untracked_metrics():
 
 
 def test_tolerance_lookup_parsing_and_description():
-    assert tolerance_for("probe_f1_audio", DEFAULT_TOLERANCES) == Tolerance(abs=0.05, better="higher")
+    assert tolerance_for("probe_f1_audio", DEFAULT_TOLERANCES) == Tolerance(abs=0.05, better="higher",
+                                                                             samples=1)
     assert tolerance_for("wall_seconds", DEFAULT_TOLERANCES) is None
     parsed = parse_tolerances({"acc": {"abs": 0.1}, "train_flops": {"rel": 0.01}, "num_params": "exact"})
     assert parsed["acc"] == Tolerance(abs=0.1) and parsed["f1"] == DEFAULT_TOLERANCES["f1"]
+    assert parse_tolerances({"acc": {"abs": 0.05, "samples": 2}})["acc"].samples == 2
     assert Tolerance(rel=0.01).allowed(200) == 2.0
     assert Tolerance(abs=0.05, better="higher").describe() == "±0.05 absolute, higher is better"
     assert Tolerance().describe() == "exact"
@@ -48,13 +50,24 @@ def test_tolerance_lookup_parsing_and_description():
         parse_tolerances({"acc": {"absolute": 0.1}})
     with pytest.raises(ValueError, match="'better' must be"):
         parse_tolerances({"acc": {"abs": 0.1, "better": "up"}})
+    with pytest.raises(ValueError, match="'samples' must be a whole number"):
+        parse_tolerances({"acc": {"samples": 1.5}})
+    with pytest.raises(ValueError, match="'exact' cannot be combined"):
+        parse_tolerances({"acc": {"exact": True, "samples": 1}})
 
 
 def test_delta_message_names_case_metric_both_values_and_tolerance():
     (d,) = compare_metrics("MMPareto-CREMAD", {"acc": 0.8}, {"acc": 0.7}, DEFAULT_TOLERANCES)
     assert d.message("cases/baselines/smoke.json") == (
         "MMPareto-CREMAD: acc regressed: observed 0.7000, baseline 0.8000 (difference -0.1000; "
-        "tolerance ±0.05 absolute, higher is better) [cases/baselines/smoke.json]")
+        "tolerance ±0.05 absolute or 1 test sample's worth (test split size unknown: not "
+        "applied), higher is better) [cases/baselines/smoke.json]")
+    (d,) = compare_metrics("MMPareto-CREMAD", {"acc": 0.8}, {"acc": 0.6}, DEFAULT_TOLERANCES,
+                           test_size={"samples": 12, "classes": 6, "min_class_support": 2})
+    assert d.message() == (
+        "MMPareto-CREMAD: acc regressed: observed 0.6000, baseline 0.8000 (difference -0.2000; "
+        "tolerance ±0.05 absolute or 1 test sample's worth (±0.0833 of 12 samples), higher is "
+        "better)")
 
 
 def write(tmp_path, name, doc):

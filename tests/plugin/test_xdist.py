@@ -36,3 +36,16 @@ def test_two_workers_run_every_case_without_clobbering_and_save_once(cases, monk
     result = cases("-n", "2", "--bbench-compare", subprocess=True)
     result.assert_outcomes(passed=11)
     result.stdout.fnmatch_lines(["*0 regression(s), 0 improvement(s), 0 added, 0 removed"])
+
+
+@pytest.mark.slow
+def test_a_missing_baseline_is_a_usage_error_under_xdist_too(cases, monkeypatch):
+    """The controller collects nothing: it checks the workers' collections before scheduling."""
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    cases.declare('CASES = [grid(methods=["Baseline"], datasets=[SYN], undeclared="ignore")]')
+    result = cases("-n", "2", "--bbench-compare", subprocess=True)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --bbench-compare: no baseline file at baselines/smoke.json*"
+                                 "--bbench-update-baselines*"])
+    assert not cases.out.exists()
