@@ -17,14 +17,17 @@ import torch
 
 from bbench.config.fields import param
 from bbench.config.specs import DatasetSpec
-from bbench.data.av_common import (ClipOptions, DataFormatError, SkipReport, assemble,
-                                   cached_json, carve_and_assemble, clip_info, clip_train_crop,
-                                   data_path, dataset_root, decode_image, fit_audio, frame_indices,
-                                   index_cache_dir, load_pickle, malformed, missing,
-                                   no_usable_samples, normalise_rgb, pick_option, resize_exact,
-                                   stack_frames, stamp, digest)
 from bbench.data.base import DataModule
+from bbench.data.clips import clip_info
+from bbench.data.errors import DataFormatError, malformed, missing
+from bbench.data.file_splits import assemble, carve_and_assemble
+from bbench.data.index_cache import cached_json, digest, stamp
+from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.reading import decode_image, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
+from bbench.data.skips import SkipReport, no_usable_samples
+from bbench.data.transforms import (clip_train_crop, fit_audio, frame_indices, normalise_rgb,
+                                    resize_exact, stack_frames)
 
 NAME = "balanced_av"
 MODALITIES = ("audio", "visual")

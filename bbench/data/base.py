@@ -152,3 +152,9 @@ def split_labels(dataset: Dataset) -> torch.Tensor:
     if isinstance(labels, torch.Tensor):
         return labels
     return torch.stack([torch.as_tensor(dataset[i]["label"]) for i in range(len(dataset))])
+
+
+def move_batch(batch: Batch, device: torch.device) -> Batch:
+    """Every tensor of a batch on `device` (other entries, e.g. ids, unchanged)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()}

@@ -21,9 +21,11 @@ import torch
 
 from bbench.config.fields import param
 from bbench.config.specs import DatasetSpec
-from bbench.data.av_common import (DataFormatError, assemble, dataset_root, load_numpy,
-                                   load_pickle, malformed, missing, pick_option)
 from bbench.data.base import DataInfo, DataModule
+from bbench.data.errors import DataFormatError, malformed, missing
+from bbench.data.file_splits import assemble
+from bbench.data.options import dataset_root, pick_option
+from bbench.data.reading import load_numpy, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 
 NAME = "cmu_mosei"

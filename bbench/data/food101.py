@@ -25,11 +25,14 @@ from torchvision.transforms.v2 import functional as TF
 
 from bbench.config.fields import SpecError, param
 from bbench.config.specs import DatasetSpec
-from bbench.data.av_common import (CommonOptions, DataFormatError, MissingDataError, SkipReport,
-                                   carve_and_assemble, data_path, dataset_root, decode_image,
-                                   malformed, missing, normalise_rgb, resize_exact)
 from bbench.data.base import DataInfo, DataModule
+from bbench.data.errors import DataFormatError, MissingDataError, malformed, missing
+from bbench.data.file_splits import carve_and_assemble
+from bbench.data.options import CommonOptions, data_path, dataset_root
+from bbench.data.reading import decode_image
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
+from bbench.data.skips import SkipReport
+from bbench.data.transforms import normalise_rgb, resize_exact
 
 NAME = "food101"
 MODALITIES = ("text", "visual")

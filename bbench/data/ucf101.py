@@ -18,13 +18,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from bbench.config.fields import param
 from bbench.config.specs import DatasetSpec
-from bbench.data.av_common import (CommonOptions, DataFormatError, SkipReport,
-                                   carve_and_assemble, data_path, dataset_root, decode_image,
-                                   frame_indices, index_cache_dir, list_clip_frames, missing,
-                                   normalise_rgb, pick_option, read_text_lines, resize_exact,
-                                   stack_frames)
 from bbench.data.base import DataInfo, DataModule
+from bbench.data.errors import DataFormatError, missing
+from bbench.data.file_splits import carve_and_assemble
+from bbench.data.index_cache import list_clip_frames
+from bbench.data.options import CommonOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.reading import decode_image, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
+from bbench.data.skips import SkipReport
+from bbench.data.transforms import frame_indices, normalise_rgb, resize_exact, stack_frames
 
 NAME = "ucf101"
 MODALITIES = ("flow", "visual")

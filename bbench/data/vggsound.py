@@ -8,18 +8,22 @@ clips were downloaded. Val is the seeded 10% carve-out of the usable train clips
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from bbench.config.fields import param
 from bbench.config.specs import DatasetSpec
-from bbench.data.av_common import (ClipOptions, DataFormatError, FolderClipReader,
-                                   build_clip_records, carve_and_assemble, clip_info, data_path,
-                                   dataset_root, index_cache_dir, load_numpy, log, missing,
-                                   pick_option, read_text_lines)
 from bbench.data.base import DataModule
+from bbench.data.clips import FolderClipReader, build_clip_records, clip_info
+from bbench.data.errors import DataFormatError, missing
+from bbench.data.file_splits import carve_and_assemble
+from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.reading import load_numpy, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
+
+log = logging.getLogger("bbench")
 
 NAME = "vggsound"
 MODALITIES = ("audio", "visual")

@@ -71,7 +71,7 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 
 def prepare_cmu_mosei(raw: Path, out: Path, opts: Any, report: PrepareReport) -> None:
-    from bbench.data.av_common import load_pickle
+    from bbench.data.reading import load_pickle
 
     found = [p for p in (find_file(raw, [name], exclude=[out]) for name in FILES) if p is not None]
     if not found:

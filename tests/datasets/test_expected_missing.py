@@ -15,8 +15,8 @@ import torch
 
 import bbench
 from bbench.config.fields import build
-from bbench.data.av_common import SkipReport
 from bbench.data.cremad import CremadOptions
+from bbench.data.skips import SkipReport
 from bbench.testing import MINIATURES
 from bbench.testing.__main__ import flatten
 

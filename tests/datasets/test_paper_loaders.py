@@ -11,11 +11,13 @@ import torch
 
 from bbench.config.fields import SpecError
 from bbench.data import DATASETS
-from bbench.data.av_common import (DataFormatError, MissingDataError, UnsafePickleError,
-                                   decode_image, frame_indices, list_frames, normalise_rgb,
-                                   resize_exact, sample_rng, stack_frames)
 from bbench.data.base import DataModule
+from bbench.data.errors import DataFormatError, MissingDataError, UnsafePickleError
+from bbench.data.index_cache import list_frames
+from bbench.data.reading import decode_image
 from bbench.data.splits import read_id_list, stratified_carve_out
+from bbench.data.transforms import (frame_indices, normalise_rgb, resize_exact, sample_rng,
+                                    stack_frames)
 from bbench.testing import MINIATURES, make_miniature
 from bbench.testing.fixtures import IMAGE_SIZE
 
@@ -222,7 +224,7 @@ def test_cremad_train_frames_share_one_crop(miniature, load) -> None:
         picks = frame_indices(len(record.frames), 2, rng)
         frames = stack_frames([decode_image(record.frames_dir / record.frames[k], "", "RGB", "t")
                                for k in picks])
-        from bbench.data.av_common import clip_train_crop
+        from bbench.data.transforms import clip_train_crop
 
         expected = normalise_rgb(clip_train_crop(frames, IMAGE_SIZE, rng))
         dm.train.set_epoch(0)

@@ -9,7 +9,7 @@ import torch
 
 import bbench
 from bbench.config.resolve import load_preset, resolve_spec
-from bbench.data.av_common import FileSplit
+from bbench.data.file_splits import FileSplit
 from bbench.models.encoders import ENCODERS
 from bbench.testing import MINIATURES
 

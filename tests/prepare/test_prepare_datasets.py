@@ -76,7 +76,7 @@ def test_kinetics_sounds_own_split_from_class_folders(ffmpeg, tmp_path):
 # -- BalancedAV -----------------------------------------------------------------------------------------
 def test_balanced_av_hdf5_and_pickle(ffmpeg, tmp_path):
     h5py = pytest.importorskip("h5py")
-    from bbench.data.av_common import load_pickle
+    from bbench.data.reading import load_pickle
 
     raw = tmp_path / "raw"
     subsets = {"k1": "training", "k2": "training", "k3": "training", "k4": "training",

@@ -14,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bbench.config.fields import SpecError
-from bbench.data import av_common
-from bbench.data.av_common import (DataFormatError, MissingDataError, UnsafePickleError,
-                                   cached_json, carve_validation, fit_audio, frame_indices,
-                                   list_frames, load_pickle, natural_key, pick_option,
-                                   resized_crop_box, sample_rng)
+from bbench.data.errors import DataFormatError, MissingDataError, UnsafePickleError
+from bbench.data.file_splits import carve_validation
+from bbench.data.index_cache import cache_root, cached_json, list_frames, natural_key
+from bbench.data.options import pick_option
+from bbench.data.reading import decode_image, load_pickle
 from bbench.data.splits import read_id_list, stratified_carve_out
+from bbench.data.transforms import (clip_train_crop, fit_audio, frame_indices, resized_crop_box,
+                                    sample_rng)
 
 
 # -- frames ----------------------------------------------------------------------------------
@@ -72,7 +74,7 @@ def test_sample_rng_is_keyed_by_seed_epoch_index() -> None:
 def test_clip_crop_is_shared_by_all_frames() -> None:
     frame = torch.arange(24 * 32, dtype=torch.float32).view(1, 24, 32).expand(3, 24, 32)
     clip = torch.stack([frame, frame, frame]).to(torch.uint8)
-    out = av_common.clip_train_crop(clip, 16, np.random.default_rng(3))
+    out = clip_train_crop(clip, 16, np.random.default_rng(3))
     assert out.shape == (3, 3, 16, 16) and out.dtype == torch.uint8
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
 
@@ -201,11 +203,11 @@ def test_cached_json_memoises_by_key(tmp_path: Path) -> None:
 
 def test_cache_root_resolution(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BBENCH_CACHE_DIR", str(tmp_path / "env"))
-    assert av_common.cache_root(None) == tmp_path / "env"
-    assert av_common.cache_root(str(tmp_path / "opt")) == tmp_path / "opt"
+    assert cache_root(None) == tmp_path / "env"
+    assert cache_root(str(tmp_path / "opt")) == tmp_path / "opt"
     monkeypatch.delenv("BBENCH_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert av_common.cache_root(None) == tmp_path / "xdg" / "bbench"
+    assert cache_root(None) == tmp_path / "xdg" / "bbench"
 
 
 def test_decode_errors_name_the_file(tmp_path: Path) -> None:
@@ -213,13 +215,13 @@ def test_decode_errors_name_the_file(tmp_path: Path) -> None:
 
     good = tmp_path / "good.jpg"
     Image.new("RGB", (8, 6), (255, 0, 0)).save(good)
-    assert av_common.decode_image(good, str(good), "RGB", "ds").shape == (3, 6, 8)
-    assert av_common.decode_image(good.read_bytes(), "blob", "L", "ds").shape == (1, 6, 8)
+    assert decode_image(good, str(good), "RGB", "ds").shape == (3, 6, 8)
+    assert decode_image(good.read_bytes(), "blob", "L", "ds").shape == (1, 6, 8)
     truncated = tmp_path / "cut.jpg"
     truncated.write_bytes(good.read_bytes()[:60])
     with pytest.raises(DataFormatError, match=r"cut\.jpg.*cannot decode"):
-        av_common.decode_image(truncated, str(truncated), "RGB", "ds")
+        decode_image(truncated, str(truncated), "RGB", "ds")
     with pytest.raises(MissingDataError, match=r"gone\.jpg"):
-        av_common.decode_image(tmp_path / "gone.jpg", str(tmp_path / "gone.jpg"), "RGB", "ds")
+        decode_image(tmp_path / "gone.jpg", str(tmp_path / "gone.jpg"), "RGB", "ds")
     with pytest.raises(DataFormatError, match="blob"):
-        av_common.decode_image(b"not an image", "blob", "RGB", "ds")
+        decode_image(b"not an image", "blob", "RGB", "ds")

@@ -1,0 +1,125 @@
+"""Sample transforms: frame selection, crops, resizing, normalisation, the fit of stored audio.
+
+One job: what a decoded sample goes through before it reaches a model -- the §2.0
+frame-selection rule, one crop/flip per clip, deterministic eval resizing, ImageNet
+normalisation and the crop/pad of stored spectrograms -- written once for all loaders.
+
+Training randomness of a sample comes from `numpy.random.default_rng([seed, epoch, index])`
+(§0.3, `sample_rng`), so a sample is a pure function of (run seed, epoch, position in the split)
+and does not depend on `num_workers` or on which samples were read before it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from bbench.data.errors import malformed
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def frame_indices(n: int, count: int, rng: Optional[np.random.Generator]) -> list[int]:
+    """`count` frame positions out of `n` sorted frames by the §2.0 rule (rng None = eval)."""
+    if n < 1:
+        raise ValueError("a clip needs at least one frame")
+    seg = n // count
+    if seg == 0:  # short clip: frames repeated, same in train and eval
+        return [i * n // count for i in range(count)]
+    if rng is None:
+        return [i * seg + seg // 2 for i in range(count)]
+    offsets = rng.integers(0, seg, size=count)
+    return [i * seg + int(o) for i, o in enumerate(offsets)]
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator of one training sample: a function of (run seed, epoch, index) only."""
+    return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def stack_frames(frames: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(T, C, H, W) from per-frame tensors; frames of another size are resized to the first's."""
+    height, width = frames[0].shape[-2:]
+    same = [f if f.shape[-2:] == (height, width)
+            else TF.resize(f, [height, width], antialias=True) for f in frames]
+    return torch.stack(same)
+
+
+def resized_crop_box(height: int, width: int, rng: np.random.Generator,
+                     scale: tuple[float, float] = (0.08, 1.0),
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a RandomResizedCrop, torchvision's algorithm with our generator."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def normalise_rgb(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, 3, H, W) → float32 in ImageNet normalisation."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return frames.float().div_(255.0).sub_(mean).div_(std)
+
+
+def clip_train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """One RandomResizedCrop box and one flip (p 0.5) drawn per clip, applied to all T frames."""
+    height, width = frames.shape[-2:]
+    top, left, h, w = resized_crop_box(height, width, rng)
+    out = TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
+    if rng.random() < 0.5:
+        out = out.flip(-1)
+    return out
+
+
+def resize_exact(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize to exactly size × size (aspect ratio not kept, as the public loaders)."""
+    return TF.resize(frames, [size, size], antialias=True)
+
+
+def fit_audio(array: Any, frames: int, mel_bins: int, pad_value: float, source: str,
+              dataset: str, warn: Callable[[str, str], None]) -> torch.Tensor:
+    """(1, frames, mel_bins) float32 from a stored (T, F) or (1, T, F) spectrogram.
+
+    Values are used as stored (already normalised, §3.2); a different length is cropped or
+    padded at the end with `pad_value`, with one warning per split.
+    """
+    tensor = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if tensor.ndim == 3 and tensor.shape[0] == 1:
+        tensor = tensor[0]
+    if tensor.ndim != 2 or tensor.shape[1] != mel_bins or not tensor.is_floating_point():
+        raise malformed(dataset, source,
+                        f"audio array has shape {tuple(tensor.shape)} and dtype {tensor.dtype}; "
+                        f"expected a float (T, {mel_bins}) or (1, T, {mel_bins}) spectrogram "
+                        f"(set dataset.options.mel_bins if your recipe uses another bin count)")
+    tensor = tensor.to(torch.float32)
+    length = int(tensor.shape[0])
+    if length != frames:
+        warn("audio_length", f"{dataset}: audio arrays of {length} frames (first: {source}) are "
+                             f"{'cropped' if length > frames else 'padded'} to "
+                             f"audio_frames={frames}")
+        if length > frames:
+            tensor = tensor[:frames]
+        else:
+            pad = torch.full((frames - length, mel_bins), float(pad_value), dtype=torch.float32)
+            tensor = torch.cat([tensor, pad])
+    return tensor.unsqueeze(0).contiguous()
