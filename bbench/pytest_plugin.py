@@ -13,31 +13,26 @@ neither torch nor the training code at start-up: only collecting or running a ca
 Results reach the controller (also under pytest-xdist) through each report's
 `user_properties` (so JUnit XML carries them): `bbench.case`, `bbench.record`, one
 `bbench.<metric>` per tracked metric, and `bbench.result` (everything, as JSON).
-See docs/cases.md.
+
+This module holds the hooks and the items; the session state, the result storage and the
+terminal tables are in `bbench.plugin` (session, storage, table). See docs/cases.md.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import platform
-import re
-import struct
-import subprocess
-import sys
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import pytest
 
 from bbench.cases.dsl import PROFILES as PROFILE_NAMES
+from bbench.plugin.session import BBenchState, CaseResult
+from bbench.plugin.storage import STORAGE, update_baselines, write_save
+from bbench.plugin.table import comparison_lines, summary_table
+from bbench.plugin.utils import relative
 
 DEFAULT_CASE_FILES = "cases_*.py"
-STORAGE = ".bbench"
-SAVE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
-SAVE_FILE = re.compile(r"^(\d{4})_(.+)\.json$")
 
 
 # --- options and configuration ----------------------------------------------------------------
@@ -88,138 +83,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
                                                      parent.config.getini("bbench_case_files")):
         return CaseFile.from_parent(parent, path=file_path)
     return None
-
-
-@dataclass
-class CaseResult:
-    """What the controller knows of one case (from its reports)."""
-
-    case: str
-    outcome: str
-    payload: dict[str, Any] = field(default_factory=dict)
-    reason: str = ""
-    duration: float = 0.0
-
-
-class BBenchState:
-    """Per-session state of the plugin (one per process; the xdist controller aggregates)."""
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        opt = config.option
-        self.profile_name: str = opt.bbench_profile or config.getini("bbench_profile") or "smoke"
-        if self.profile_name not in PROFILE_NAMES:
-            raise pytest.UsageError(f"bbench_profile = {self.profile_name!r}: choose one of "
-                                    f"{', '.join(PROFILE_NAMES)}")
-        if opt.bbench_save is not None and not SAVE_NAME.match(opt.bbench_save):
-            raise pytest.UsageError(f"--bbench-save {opt.bbench_save!r}: use letters, digits, '.', "
-                                    f"'_' and '-' only")
-        data_root = opt.bbench_data_root or os.environ.get("BBENCH_DATA") or None
-        self.data_root = Path(data_root).expanduser() if data_root else None
-        self.device: str | None = opt.bbench_device
-        self.save_name: str | None = opt.bbench_save
-        self.compare: str | None = opt.bbench_compare
-        self.update: bool = bool(opt.bbench_update_baselines)
-        workerinput = getattr(config, "workerinput", None)
-        self.is_worker = workerinput is not None
-        self.worker_id = workerinput["workerid"] if workerinput else "main"
-        if workerinput:
-            self.session_id = workerinput.get("bbench_session") or f"xdist-{workerinput['testrunuid'][:8]}"
-        else:
-            self.session_id = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        out = Path(opt.bbench_out) if opt.bbench_out else config.rootpath / STORAGE / "runs" / self.session_id
-        self.out_root = out if out.is_absolute() else Path.cwd() / out
-        self.out_dir = self.out_root / self.worker_id
-        self._runner: Any = None
-        self._baselines: dict[str, Any] = {}
-        # baseline file -> every case id its declaration file declares (before -k/-m selection)
-        self.declared: dict[str, set[str]] = {}
-        self.excluded: dict[str, str] = {}
-        self.results: dict[str, CaseResult] = {}
-        self.written: list[str] = []
-        self.compare_file = self.resolve_saved(self.compare) if self.compare else None
-        if self.compare_file is not None:  # a bad file fails now, not after every case trained
-            self.checked_baseline(self.compare_file, f"--bbench-compare={self.compare}")
-
-    @property
-    def runner(self) -> Any:
-        if self._runner is None:
-            from bbench.cases.execute import CaseRunner
-            from bbench.cases.profiles import PlanContext, get_profile
-
-            ctx = PlanContext(self.profile_name, self.data_root, self.device, self.out_dir / "_work")
-            self._runner = CaseRunner(get_profile(self.profile_name), ctx, self.out_dir)
-        return self._runner
-
-    # -- baselines --------------------------------------------------------------------------
-    def default_baseline(self, declaration: Path) -> Path:
-        return Path(declaration).parent / "baselines" / f"{self.profile_name}.json"
-
-    def compare_source(self, declaration: Path) -> Path | None:
-        """The file this case is compared against, or None when not comparing."""
-        if self.compare is None and not self.update:
-            return None
-        if self.compare_file is not None:
-            return self.compare_file
-        return self.default_baseline(declaration)
-
-    def resolve_saved(self, spec: str) -> Path:
-        """A path, or the number (`3`, `0003`) or name of a save of this machine."""
-        path = Path(spec)
-        if path.is_dir() and not (path / "record.json").is_file():
-            raise pytest.UsageError(
-                f"--bbench-compare took {spec!r} (a directory) as the file to compare with; put the "
-                f"test paths first (pytest cases --bbench-compare) or write --bbench-compare=FILE")
-        if path.suffix == ".json" or path.exists():
-            path = path if path.is_absolute() else Path.cwd() / path
-            if not path.exists():
-                raise pytest.UsageError(f"--bbench-compare={spec}: no such file")
-            return path
-        folder = self.config.rootpath / STORAGE / machine_id()
-        saves = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        for p in reversed(saves):
-            m = SAVE_FILE.match(p.name)
-            if m and ((spec.isdigit() and int(m.group(1)) == int(spec)) or m.group(2) == spec):
-                return p
-        raise pytest.UsageError(f"--bbench-compare={spec}: no such file, and no save numbered or named "
-                                f"{spec!r} in {folder}")
-
-    def baseline_table(self, path: Path) -> Any:
-        """The loaded table (cached), or None when the file does not exist."""
-        from bbench.report.compare import load_table
-
-        key = str(path)
-        if key not in self._baselines:
-            self._baselines[key] = load_table(path) if path.exists() else None
-        return self._baselines[key]
-
-    def checked_baseline(self, path: Path, what: str) -> Any:
-        """`baseline_table`, with an unreadable or malformed file as one UsageError naming it."""
-        try:
-            return self.baseline_table(path)
-        except (OSError, ValueError) as err:
-            text = str(err).replace(str(path), _relative(path, self.config.rootpath))
-            raise pytest.UsageError(f"{what}: {text}") from None
-
-    def check_default_baselines(self, declarations: Iterable[Path]) -> None:
-        """At collection end: the default baseline of every declaration file with selected
-        cases must load (and exist, unless --bbench-update-baselines creates it), so that a
-        missing or malformed baseline fails the session before any case trains."""
-        if self.compare_file is not None or (self.compare is None and not self.update):
-            return
-        root = self.config.rootpath
-        for declaration in sorted(set(declarations)):
-            path = self.default_baseline(declaration)
-            option = "--bbench-update-baselines" if self.update else "--bbench-compare"
-            table = self.checked_baseline(path, option)
-            if table is None and not self.update:
-                decl = _relative(declaration, root)
-                raise pytest.UsageError(
-                    f"--bbench-compare: no baseline file at {_relative(path, root)} (the "
-                    f"{self.profile_name} profile's baseline of {decl}); create it with: "
-                    f"pytest {decl} --bbench-update-baselines"
-                    f"{'' if self.profile_name == 'smoke' else ' --bbench-profile ' + self.profile_name}"
-                    f", review it and commit it")
 
 
 STATE_KEY = pytest.StashKey[BBenchState]()
@@ -334,7 +197,7 @@ class CaseItem(pytest.Item):
         statuses = {d.status for d in deltas}
         status = ("regression" if statuses & {"regression", "missing"} else
                   "improvement" if "improvement" in statuses else "ok")
-        rel = _relative(source, self.config.rootpath)
+        rel = relative(source, self.config.rootpath)
         return {"source": str(source), "status": status,
                 "deltas": [{**d.to_json(), "message": d.message(rel)} for d in deltas]}
 
@@ -346,7 +209,7 @@ class CaseItem(pytest.Item):
         if self.plan is not None:
             header.append(f"  run: bbench.run({self.plan.method!r}, {self.plan.dataset!r}, "
                           f"**{self.plan.kwargs()!r})")
-        header.append(f"  declared at: {_relative(Path(self.case.origin.path), self.config.rootpath)}:"
+        header.append(f"  declared at: {relative(Path(self.case.origin.path), self.config.rootpath)}:"
                       f"{self.case.origin.line}")
         return "\n".join(header) + "\n\n" + str(super().repr_failure(excinfo, style="short"))
 
@@ -384,19 +247,12 @@ class CaseFailed(AssertionError):
                  f"properties failed"]
         for c in self.failing:
             lines.append(f"  {c.line()}")
-        lines.append(f"  record: {_relative(Path(o.result.record_path), root)}")
+        lines.append(f"  record: {relative(Path(o.result.record_path), root)}")
         for what, path in o.references.items():
-            lines.append(f"  {what}: {_relative(Path(path), root)}")
-        lines.append(f"  declared at: {_relative(Path(self.case.origin.path), root)}:{self.case.origin.line}")
+            lines.append(f"  {what}: {relative(Path(path), root)}")
+        lines.append(f"  declared at: {relative(Path(self.case.origin.path), root)}:{self.case.origin.line}")
         lines.append(f"  run: bbench.run({o.plan.method!r}, {o.plan.dataset!r}, **{o.plan.kwargs()!r})")
         return "\n".join(lines)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(Path(root).resolve()))
-    except ValueError:
-        return str(path)
 
 
 # --- reports (controller side; also the single process without xdist) -----------------------
@@ -437,10 +293,10 @@ class SessionHooks:
             return
         ran = [r for r in state.results.values() if r.payload.get("metrics")]
         if state.save_name and ran:
-            state.written.append(f"saved: {_relative(write_save(state), session.config.rootpath)}")
+            state.written.append(f"saved: {relative(write_save(state), session.config.rootpath)}")
         if state.update and ran:
             for path, count in update_baselines(state):
-                state.written.append(f"baseline updated: {_relative(path, session.config.rootpath)} "
+                state.written.append(f"baseline updated: {relative(path, session.config.rootpath)} "
                                      f"({count} case{'s' if count != 1 else ''} written)")
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -451,7 +307,7 @@ class SessionHooks:
         tr.write_sep("=", f"bbench: {state.profile_name} profile, {len(state.results)} case(s)")
         tr.write_line(summary_table(state))
         if any(r.payload for r in state.results.values()):
-            tr.write_line(f"runs: {_relative(state.out_root, config.rootpath)}")
+            tr.write_line(f"runs: {relative(state.out_root, config.rootpath)}")
         for line in comparison_lines(state):
             tr.write_line(line)
         if state.excluded:
@@ -484,234 +340,3 @@ class XdistHooks:
         for path, ids in (output.get("bbench_declared") or {}).items():
             self.state.declared.setdefault(path, set()).update(ids)
         self.state.excluded.update(output.get("bbench_excluded") or {})
-
-
-# --- save, update ---------------------------------------------------------------------------
-
-def machine_id() -> str:
-    """pytest-benchmark's machine id, e.g. Linux-CPython-3.11-64bit."""
-    return (f"{platform.system()}-{platform.python_implementation()}-"
-            f"{'.'.join(platform.python_version_tuple()[:2])}-{struct.calcsize('P') * 8}bit")
-
-
-def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "node": platform.node(), "processor": platform.processor(), "machine": platform.machine(),
-        "python_compiler": platform.python_compiler(),
-        "python_implementation": platform.python_implementation(),
-        "python_version": platform.python_version(), "release": platform.release(),
-        "system": platform.system(), "cpu": {"count": os.cpu_count(), "brand": _cpu_brand()},
-    }
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-        info["cuda"] = torch.version.cuda
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        from bbench._version import __version__
-
-        info["bbench"] = __version__
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-def _cpu_brand() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def commit_info(root: Path) -> dict[str, Any]:
-    """pytest-benchmark-style commit info of the repository at `root` (empty outside git)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                                 timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    if sha is None:
-        return {"error": "not a git repository"}
-    return {"id": sha, "time": git("log", "-1", "--format=%cI"), "author_time": git("log", "-1", "--format=%aI"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "project": Path(git("rev-parse", "--show-toplevel") or root).name,
-            "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
-
-
-def session_document(state: BBenchState) -> dict[str, Any]:
-    from bbench.report.compare import SESSION_SCHEMA
-
-    cases = []
-    for r in state.results.values():
-        entry: dict[str, Any] = {"case": r.case, "outcome": r.outcome}
-        if r.payload:
-            entry.update({k: r.payload.get(k) for k in ("method", "dataset", "data", "run_dataset",
-                                                        "record", "seconds", "metrics")})
-            entry["comparison"] = r.payload.get("comparison", {}).get("status")
-        if r.reason:
-            entry["reason"] = r.reason
-        cases.append(entry)
-    return {"schema": SESSION_SCHEMA, "name": state.save_name, "profile": state.profile_name,
-            "datetime": datetime.now(timezone.utc).isoformat(), "session": state.session_id,
-            "machine_info": machine_info(), "commit_info": commit_info(state.config.rootpath),
-            "cases": cases}
-
-
-def write_save(state: BBenchState) -> Path:
-    folder = state.config.rootpath / STORAGE / machine_id()
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = json.dumps(session_document(state), indent=1, default=str)
-    while True:  # pytest-benchmark's layout: the next free four-digit counter
-        numbers = [int(m.group(1)) for p in folder.iterdir() if (m := SAVE_FILE.match(p.name))]
-        path = folder / f"{max(numbers, default=0) + 1:04d}_{state.save_name}.json"
-        try:
-            with open(path, "x") as fh:
-                fh.write(doc)
-            return path
-        except FileExistsError:  # another session took the number
-            continue
-
-
-def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
-    """Rewrite each touched baseline: this session's passing cases, others kept, undeclared dropped."""
-    from bbench.report.compare import BASELINE_SCHEMA, baseline_json, table_from_json, tracked_metrics
-
-    by_file: dict[str, list[CaseResult]] = {}
-    for r in state.results.values():
-        if r.payload.get("metrics") and r.payload.get("passed", r.outcome == "passed"):
-            by_file.setdefault(r.payload["baseline_file"], []).append(r)
-    written = []
-    for file, results in by_file.items():
-        path = Path(file)
-        tolerances, case_tolerances, cases, sizes = None, {}, {}, {}
-        if path.exists():
-            old = json.loads(path.read_text())
-            if not isinstance(old, dict) or old.get("schema") != BASELINE_SCHEMA:
-                schema = old.get("schema") if isinstance(old, dict) else None
-                raise pytest.UsageError(f"{path} is not a bbench baseline file (schema {schema!r})")
-            table = table_from_json(old, str(path))
-            tolerances, case_tolerances, cases = table.tolerances, table.case_tolerances, table.cases
-            sizes = table.test_sizes
-        declared = state.declared.get(file)
-        if declared is not None:
-            cases = {c: m for c, m in cases.items() if c in declared}
-        for r in results:
-            cases[r.case] = tracked_metrics(r.payload["metrics"])
-            size = r.payload["metrics"].get("test_size")
-            if isinstance(size, dict):  # the split one sample's worth is computed from
-                sizes[r.case] = size
-            else:
-                sizes.pop(r.case, None)
-        doc = baseline_json(cases, profile=state.profile_name, tolerances=tolerances,
-                            case_tolerances=case_tolerances,
-                            test_sizes={c: s for c, s in sizes.items() if c in cases}, meta={
-                                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                "machine_info": machine_info(),
-                                "commit_info": commit_info(state.config.rootpath)})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, path)
-        written.append((path, len(results)))
-    return written
-
-
-# --- terminal summary -----------------------------------------------------------------------
-
-def summary_table(state: BBenchState) -> str:
-    """The cases that ran (table), then the skipped ones grouped by reason."""
-    from tabulate import tabulate
-
-    rows, skipped = [], {}
-    for r in state.results.values():
-        if r.outcome == "skipped":
-            skipped.setdefault(r.reason, []).append(r.case)
-            continue
-        m = r.payload.get("metrics", {})
-        acc = _num(m.get("acc"))
-        if acc == "" and any(k.startswith("probe_acc_") for k in m):
-            acc = "probe " + "/".join(f"{v:.3f}" for k, v in m.items() if k.startswith("probe_acc_"))
-        comp = r.payload.get("comparison", {}) or {}
-        vs = comp.get("status", "") if not comp.get("error") else "no baseline"
-        if vs == "regression":
-            vs = "REGRESSION: " + ", ".join(d["metric"] for d in comp.get("deltas", [])
-                                            if d["status"] in ("regression", "missing"))
-        elif vs == "improvement":
-            vs = "improved: " + ", ".join(d["metric"] for d in comp.get("deltas", [])
-                                          if d["status"] == "improvement")
-        rows.append([r.case, r.outcome, r.payload.get("data", ""), acc, _num(m.get("f1")),
-                     _num(m.get("imbalance")), _flops(m.get("train_flops")), vs,
-                     f"{r.duration:.1f}" if r.payload else ""])
-    lines = []
-    if rows:
-        headers = ["case", "result", "data", "acc", "F1", "I", "train FLOPs", "vs baseline", "s"]
-        lines.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
-    for reason, cases in skipped.items():
-        shown = ", ".join(cases[:6]) + (f", … ({len(cases) - 6} more)" if len(cases) > 6 else "")
-        lines.append(f"skipped {len(cases)}: {reason}: {shown}")
-    return "\n".join(lines)
-
-
-def comparison_lines(state: BBenchState) -> list[str]:
-    from bbench.report.compare import Delta
-
-    compared = [r for r in state.results.values() if (r.payload.get("comparison") or {}).get("source")]
-    if not compared:
-        return []
-    root = state.config.rootpath
-    sources = sorted({r.payload["comparison"]["source"] for r in compared})
-    regressions, improvements, added = [], [], []
-    for r in compared:
-        comp = r.payload["comparison"]
-        if comp.get("status") == "added":
-            added.append(r.case)
-        for d in comp.get("deltas", []):
-            delta = Delta.from_json(d)
-            if delta.failing:
-                regressions.append(d["message"])
-            elif delta.status == "improvement":
-                improvements.append(d["message"])
-    removed: list[str] = []
-    everything = set().union(*state.declared.values()) if state.declared else set()
-    for source in sources:
-        table = state.baseline_table(Path(source))
-        declared = state.declared.get(source, everything)  # a default baseline: its own file's cases
-        if table is not None:
-            removed += [c for c in table.cases if c not in declared]
-    verb = "updating" if state.update else "compared with"
-    lines = [f"baseline: {verb} {', '.join(_relative(Path(s), root) for s in sources)}: "
-             f"{len(regressions)} regression(s), {len(improvements)} improvement(s), "
-             f"{len(added)} added, {len(removed)} removed"]
-    lines += [f"  regression: {m}" for m in regressions]
-    lines += [f"  improvement: {m}" for m in improvements]
-    if added:
-        lines.append("  added (no baseline entry): " + _some(added))
-    if removed:
-        lines.append("  removed (in the baseline, no longer declared): " + _some(removed))
-    return lines
-
-
-def _num(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
-
-
-def _flops(value: Any) -> str:
-    if not isinstance(value, (int, float)):
-        return ""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3f}{unit}"
-    return str(value)
-
-
-def _some(names: list[str], limit: int = 12) -> str:
-    return ", ".join(names[:limit]) + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
