@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="train one method on one dataset and write its record",
                            epilog=MethodSettingsHelp(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p_run.add_argument("--method", "--trainer", dest="method",
-                       help="method name (default Baseline; see `bbench list methods`)")
+                       help="method name (default: the reference method, marked in `bbench list "
+                            "methods`)")
     _common(p_run)
     p_run.add_argument("--out", help="run directory (must not exist); default runs/<dataset>/<method>-<time>")
     p_run.add_argument("--resume", metavar="RUN_DIR",
@@ -139,8 +140,7 @@ def cmd_run(args: argparse.Namespace, extra: Sequence[str]) -> int:
     if args.resume:
         result = run(args.method, args.dataset, preset=args.preset, resume=args.resume, **settings)
     else:
-        result = run(args.method or "Baseline", args.dataset or "mfeat", preset=args.preset,
-                     **settings)
+        result = run(args.method, args.dataset, preset=args.preset, **settings)
     print(summary(result))
     return 0
 
@@ -159,7 +159,8 @@ def summary(result) -> str:
     for key in sorted(k for k in m if k.startswith("probe_acc_")):
         x = key[len("probe_acc_"):]
         uni = m.get(f"unimodal_acc_{x}")
-        lines.append(f"  probe {x}: {100 * m[key]:.2f}%" + (f" (Unimodal {100 * uni:.2f}%)" if uni else ""))
+        lines.append(f"  probe {x}: {100 * m[key]:.2f}%" + (f" (trained alone {100 * uni:.2f}%)"
+                                                             if uni else ""))
     if "train_flops" in m:
         lines.append(f"  training FLOPs {m['train_flops']:.4e}  wall {m.get('wall_seconds', 0):.1f}s")
     lines.append(f"  record: {result.record_path}")
@@ -189,8 +190,11 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     table, probes = comparison_table(bench), probe_table(bench)
     print(f"\n{bench.dataset} ({', '.join(bench.modalities)}): test split, best-validation epoch\n")
     print(table)
-    print("\nEncoder quality inside the Baseline model (LinearProbe) vs trained alone (Unimodal):\n")
-    print(probes)
+    if probes:
+        print("\nEncoder quality inside the jointly trained model (probed) vs trained alone:\n")
+        print(probes)
+    for name, why in bench.skipped.items():
+        print(f"not run: {name}: {why}")
     print(f"\nruns and records: {bench.out_dir}  ({time.perf_counter() - started:.0f}s in all)")
     (bench.out_dir / "table.md").write_text(table + "\n\n" + probes + "\n")
     return 0
@@ -199,16 +203,17 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from bbench.config.resolve import preset_names
     from bbench.data.registry import DATASETS
-    from bbench.methods.registry import METHODS
+    from bbench.methods.registry import METHODS, methods_in_table_order
     from bbench.models.encoders import ENCODERS
     from bbench.models.fusion import FUSIONS
 
     what = args.what
     if what in ("all", "methods"):
         print("methods:")
-        for name in METHODS:
+        for name in methods_in_table_order():
             cls = METHODS.get(name)
-            print(f"  {name:<20} {cls.family}")
+            mark = "  (default; the comparison reference)" if cls.comparison_reference else ""
+            print(f"  {name:<20} {cls.family}{mark}")
     if what in ("all", "datasets"):
         print("datasets:")
         for name in DATASETS:
@@ -231,13 +236,14 @@ def preset_table() -> str:
 
     from bbench.config.resolve import resolve_spec
     from bbench.data.registry import DATASETS
+    from bbench.methods.registry import reference_method
 
     rows = []
     for name in DATASETS:
         entry = DATASETS.get(name)
         if entry.preset != name:
             continue  # a view set sharing its parent's preset, or no preset (synthetic)
-        spec = resolve_spec("Baseline", name)
+        spec = resolve_spec(reference_method(), name)
         opt, sched = spec.train.optimizer, spec.train.scheduler
         encoders = ", ".join(f"{m}: {spec.model.encoder_for(m).type}" for m in entry.modalities)
         step = f"{sched.step_size}/{sched.gamma:g}" if sched.type == "step" else sched.type

@@ -1,7 +1,7 @@
 """bbench's pytest plugin: benchmark cases as pytest items.
 
     pytest cases -k "MMPareto and CREMAD"          # train that pair, assert its properties
-    pytest cases -m "case(method='OGM')"            # every OGM case
+    pytest cases -m "case(method='OGM')"             # every OGM case
     pytest cases --bbench-compare                   # ... and fail on regressions vs the baseline
 
 Registered through the `pytest11` entry point as `bbench` (`-p no:bbench` disables it);
@@ -28,7 +28,8 @@ import pytest
 
 from bbench.cases.dsl import PROFILES as PROFILE_NAMES
 from bbench.plugin.session import BBenchState, CaseResult
-from bbench.plugin.storage import STORAGE, update_baselines, write_save
+from bbench.plugin.machine import STORAGE
+from bbench.plugin.storage import update_baselines, write_save
 from bbench.plugin.table import comparison_lines, summary_table
 from bbench.plugin.utils import relative
 
@@ -70,7 +71,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "case(method, dataset, family, modality): a bbench benchmark case (added by the bbench "
-        "plugin; select with -m \"case(method='OGM')\" or -m \"case(dataset='mfeat')\")")
+        "plugin; select with -m \"case(method='NAME')\" or -m \"case(dataset='mfeat')\")")
     state = BBenchState(config)
     config.stash[STATE_KEY] = state
     config.pluginmanager.register(SessionHooks(state), "bbench-session")

@@ -21,17 +21,20 @@ from bbench.config.fields import SpecError, to_dict
 from bbench.config.identity import RESUME_MAY_CHANGE, spec_differences, spec_hash
 from bbench.config.resolve import resolve_spec
 from bbench.config.specs import RunSpec
-from bbench.data.registry import DATASETS, build_datamodule
+from bbench.data.base import move_batch
+from bbench.data.registry import DATASETS, build_datamodule, resolve_modalities
 from bbench.engine import checkpoint as ckpt
 from bbench.engine.checkpoint import CHECKPOINT_NAME, seed_everything
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import count_forward_flops
 from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
-from bbench.engine.trainer import Trainer, TrainingData
+from bbench.engine.trainer import Trainer
 from bbench.methods.base import RunContext
-from bbench.methods.registry import METHODS, build_method
+from bbench.methods.loop import TrainingData
+from bbench.methods.registry import METHODS, build_method, method_params
 from bbench.metrics.classification import evaluation_size
 from bbench.metrics.shapley import compute_shapley
+from bbench.models.modes import eval_mode
 from bbench.results.files import (MalformedFileError, OutputWriteError, atomic_write, read_json,
                                   write_json)
 from bbench.results.lock import RunLock
@@ -130,7 +133,7 @@ def run(method: str | None = None, dataset: str | None = None, *, preset: str | 
         resume: str | Path | None = None,
         callbacks: list[Callable[[Trainer, int, dict[str, Any]], None]] | None = None,
         **overrides: Any) -> RunResult:
-    """Train `method` (default Baseline) on `dataset` (default mfeat) and return its result.
+    """Train `method` (default: the reference method) on `dataset` (default mfeat).
 
     Overrides are bare method hyper-parameters (`alpha=0.5`), shorthands (`epochs=3`) or
     dotted keys (`**{"train.optimizer.lr": 0.1}`); `resume=RUN_DIR` continues an
@@ -140,7 +143,7 @@ def run(method: str | None = None, dataset: str | None = None, *, preset: str | 
     """
     if resume is not None:
         return _resume(Path(resume), method, dataset, preset, overrides, callbacks)
-    spec = resolve_spec(method or "Baseline", dataset or "mfeat", overrides, preset)
+    spec = resolve_spec(method, dataset or "mfeat", overrides, preset)
     return execute(spec, None, resume=False, callbacks=callbacks)
 
 
@@ -194,17 +197,65 @@ def check_trainable(spec: RunSpec, data: Any, method: Any) -> None:
                         f"dropped, so no step would run; use --set batch_size=N with N <= {n_train}")
     if method.windowed and method.active_epochs(spec.train.epochs) == 0:
         p = method.params
-        log.warning("%s's window (epochs %d to %d) never opens in a %d-epoch run: it trains exactly "
-                    "as Baseline. The record says active_epochs = 0; raise --epochs above %d or set "
+        log.warning("%s's window (epochs %d to %d) never opens in a %d-epoch run: it trains "
+                    "with the plain step only. The record says active_epochs = 0; raise --epochs above %d or set "
                     "start lower", method.name, p.start, p.end, spec.train.epochs, p.start)
+
+
+def input_spec(spec: RunSpec, method: str, params: dict[str, Any]) -> RunSpec:
+    """The spec of a run `spec`'s method needs: same data, model, training settings and seed."""
+    tree = {**to_dict(spec), "method": method, "method_params": {}, "run_dir": None}
+    return resolve_spec(method, None, params, None, base=tree)
+
+
+def find_finished(spec: RunSpec) -> RunResult | None:
+    """A finished run of exactly `spec` (equal spec hash) under its output root, if any."""
+    wanted = spec_hash(to_dict(spec))
+    for record_path in sorted((Path(spec.output_root) / spec.dataset.name).glob(f"*/{RECORD_NAME}")):
+        try:
+            record = RunResult.load(record_path)
+        except (OSError, ValueError) as err:
+            log.warning("ignoring %s while looking for input runs: %s", record_path, err)
+            continue
+        if record.extra.get("spec_hash") == wanted:
+            return record
+    return None
+
+
+def resolve_inputs(spec: RunSpec, callbacks: list[Callable] | None) -> dict[str, list[RunResult]]:
+    """The finished runs the method declares as `inputs`: named by a parameter, found by spec
+    hash under the output root, or trained now (each once: a second run finds the first)."""
+    cls = METHODS.get(spec.method)
+    params = method_params(cls, spec.method_params)
+    modalities = resolve_modalities(DATASETS.get(spec.dataset.name), spec.dataset.modalities)
+    resolved: dict[str, list[RunResult]] = {}
+    for need in cls.inputs:
+        named = getattr(params, need.param) if need.param else None
+        if named:
+            paths = [named] if isinstance(named, (str, Path)) else list(named)
+            resolved[need.name] = [RunResult.load(path) for path in paths]
+            continue
+        variants = ([{**need.params, need.modality_param: m} for m in modalities]
+                    if need.per_modality else [dict(need.params)])
+        runs = []
+        for variant in variants:
+            wanted = input_spec(spec, need.method, variant)
+            found = find_finished(wanted)
+            if found is None:
+                log.info("%s needs a %s run %s: training it", spec.method, need.method, variant or "")
+                found = execute(wanted, None, callbacks=callbacks)
+            runs.append(found)
+        resolved[need.name] = runs
+    return resolved
 
 
 def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
             callbacks: list[Callable] | None = None) -> RunResult:
+    inputs = resolve_inputs(spec, callbacks)
     seed_everything(spec.train.seed)
     device = resolve_device(spec.train.device)
     data = build_datamodule(spec.dataset)
-    ctx = RunContext(data.info, spec.model, spec.train.seed, device, spec)
+    ctx = RunContext(data.info, spec.model, spec.train.seed, device, spec, inputs)
     method = build_method(spec.method, spec.method_params, ctx)
     check_trainable(spec, data, method)
     fresh = run_dir is None
@@ -246,6 +297,9 @@ def _execute_locked(spec: RunSpec, data: Any, method: Any, run_dir: Path, device
     metrics["wall_seconds"] = time.perf_counter() - started
     metrics["peak_memory_bytes"] = _peak_memory(device)
     extra["spec_hash"] = identity["hash"]
+    if method.ctx.inputs:
+        extra["inputs"] = {name: [str(r.run_dir) for r in runs]
+                           for name, runs in method.ctx.inputs.items()}
     result = RunResult(run_dir, to_dict(spec), metrics, history, environment(device), extra)
     result.save()
     log.info("%s on %s: acc=%.4f, record %s", spec.method, spec.dataset.name,
@@ -334,16 +388,11 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
 @torch.no_grad()
 def forward_flops(method, model, data, device: torch.device) -> dict[str, Any]:
     """Forward FLOPs per sample: the fused evaluation forward and each encoder on its own."""
-    batch = next(iter(eval_loader(data.val, 1, data.collate)))
-    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    was_training = model.training
-    model.eval()
-    try:
+    batch = move_batch(next(iter(eval_loader(data.val, 1, data.collate))), device)
+    with eval_mode(model):
         per_encoder = {m: count_forward_flops(model.encoders[m], batch[m])
                        for m in method.eval_modalities(model)}
         total = count_forward_flops(method.eval_logits, model, batch, unimodal=False)
-    finally:
-        model.train(was_training)
     return {"forward_flops_per_sample": total, "encoder_forward_flops": per_encoder}
 
 

@@ -18,8 +18,7 @@ import csv
 import re
 from pathlib import Path
 
-from bbench.cases import above, below, dataset, floor, grid, paper, paper_dataset, refine, run_of, \
-    runs_per_modality
+from bbench.cases import below, dataset, floor, grid, paper, paper_dataset, refine
 
 # --- budgets ---------------------------------------------------------------------------------
 # smoke: a fraction of a second to a few seconds per case on one CPU thread (the whole grid
@@ -101,10 +100,6 @@ def paper_expectations() -> list:
     return out
 
 
-# Methods that make passes beyond Baseline's one forward and one backward (methods.md §2):
-# their training FLOPs must exceed Baseline's on the same data and budget.
-EXTRA_PASSES = ("MMPareto", "ModalityValuation")
-
 CASES = [
     grid(
         methods="*",  # every registered method, including those registered later
@@ -113,10 +108,8 @@ CASES = [
             "synthetic": "generated test data: the smoke stand-in of the paper datasets, not a "
                          "benchmark dataset of its own",
         },
-        per_modality={"Unimodal": "modality"},
-        inputs={"LinearProbe": {"source_run": run_of("Baseline"),
-                                "unimodal_runs": runs_per_modality("Unimodal")}},
-        expect={m: [above("train_flops", "Baseline")] for m in EXTRA_PASSES},
+        # One row per modality (Unimodal), input runs (LinearProbe's) and "training FLOPs above
+        # Baseline's" for methods with extra passes come from the facts each method declares.
         # A method that cannot apply to a dataset is skipped with its reason, e.g.
         #   skip={("SomeMethod", "cmu_mosei"): "two-modality architecture; CMU-MOSEI has three"},
         # (methods may also declare `max_modalities` / `min_modalities`, which the grid honours).

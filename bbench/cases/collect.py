@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bbench.cases.dsl import (
-    ALL, PROFILES, Case, CaseDecl, DatasetDecl, DeclarationError, Grid, Layer, Refine)
-
-FAMILY_ORDER = ("reference", "Data", "Feed-forward", "Objective", "Optimization")
-
+    ALL, PROFILES, Above, Case, CaseDecl, DatasetDecl, DeclarationError, Grid, Layer, Ref, Refine,
+    RunOf, RunsPerModality)
 
 @dataclass
 class Declarations:
@@ -89,25 +87,20 @@ def expand(items: Iterable[Any], path: Path) -> Declarations:
 
 
 def order_methods(names: Iterable[str], per_modality: Iterable[str] = ()) -> list[str]:
-    """Per-modality rows first, then reference, the four families, others, evaluation last."""
-    from bbench.methods.registry import METHODS
+    """Per-modality rows first, then the families in their one order (methods/facts.py)."""
+    from bbench.methods.registry import METHODS, methods_in_table_order
 
-    names = list(names)
     first = set(per_modality)
+    ordered = methods_in_table_order(names)
+    return [n for n in ordered if n in first] + [n for n in ordered if n not in first]
 
-    def rank(name: str) -> tuple[int, int]:
-        family = METHODS.get(name).family
-        if name in first:
-            r = 0
-        elif family in FAMILY_ORDER:
-            r = 1 + FAMILY_ORDER.index(family)
-        elif family == "evaluation":
-            r = 99
-        else:
-            r = 50
-        return r, names.index(name)
 
-    return sorted(names, key=rank)
+def declared_inputs(cls: type) -> dict[str, Ref]:
+    """A method's `inputs` that name their runs by a parameter, as the grid's run references;
+    inputs without one are found or trained by the runner itself."""
+    return {need.param: (RunsPerModality(need.method, need.modality_param) if need.per_modality
+                         else RunOf(need.method, dict(need.params)))
+            for need in cls.inputs if need.param}
 
 
 def inapplicable(cls: type, modalities: tuple[str, ...]) -> str | None:
@@ -136,7 +129,9 @@ def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str]]:
         methods = list(METHODS)
     else:
         methods = [METHODS.canonical(m) for m in g.methods]
-    per_modality = {METHODS.canonical(k): v for k, v in g.per_modality.items() if k in METHODS}
+    # Facts declared on the method classes, then what the grid declares on top of them.
+    per_modality = {m: METHODS.get(m).per_modality for m in methods if METHODS.get(m).per_modality}
+    per_modality.update({METHODS.canonical(k): v for k, v in g.per_modality.items() if k in METHODS})
     methods = order_methods(methods, per_modality)
 
     def by_method(mapping: dict) -> dict:
@@ -178,8 +173,10 @@ def expand_grid(g: Grid) -> tuple[list[Case], dict[str, str]]:
             base = dict(params.get("*", {}))
             base.update(params.get(method, {}))
             exps = tuple(expect.get("*", ())) + tuple(expect.get(method, ()))
-            common = dict(dataset=d, inputs=dict(inputs.get(method, {})), expect=exps, skip=reason,
-                          family=cls.family, origin=g.origin)
+            if cls.extra_passes:  # methods.md §2: passes beyond one forward and one backward
+                exps += (Above("train_flops"),)
+            common = dict(dataset=d, inputs={**declared_inputs(cls), **inputs.get(method, {})},
+                          expect=exps, skip=reason, family=str(cls.family), origin=g.origin)
             if method in per_modality:
                 for m in modalities:
                     layer = Layer({**base, per_modality[method]: m})
@@ -206,6 +203,6 @@ def expand_case(c: CaseDecl) -> Case:
     case_id = c.id or f"{method}{suffix}-{c.dataset.token}"
     reason = c.skip or inapplicable(cls, c.modalities or c.dataset.modalities())
     layers = (Layer(dict(c.params), dict(c.overrides)),) if (c.params or c.overrides) else ()
-    return Case(case_id, method, c.dataset, layers, c.modalities, None, dict(c.inputs), c.expect,
-                reason, cls.family, c.origin)
+    return Case(case_id, method, c.dataset, layers, c.modalities, None,
+                {**declared_inputs(cls), **c.inputs}, c.expect, reason, str(cls.family), c.origin)
 

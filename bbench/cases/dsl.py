@@ -119,13 +119,21 @@ class Above:
     run on the same data and budget."""
 
     metric: str
-    reference: str = "Baseline"
+    reference: str = ""  # empty: the reference method (the one declaring comparison_reference)
     params: Mapping[str, Any] = field(default_factory=dict)
     profiles: tuple[str, ...] | None = None
     op: Literal[">", "<"] = ">"
 
     def describe(self) -> str:
-        return f"{self.metric} {self.op} {self.reference}'s {self.metric} on the same data"
+        return f"{self.metric} {self.op} {self.reference_name()}'s {self.metric} on the same data"
+
+    def reference_name(self) -> str:
+        """The method compared with: the declared one, or the registry's reference method."""
+        if self.reference:
+            return self.reference
+        from bbench.methods.registry import reference_method  # imports torch: only when run
+
+        return reference_method()
 
     def holds(self, value: float, reference: float) -> bool:
         return value > reference if self.op == ">" else value < reference
@@ -149,13 +157,13 @@ def paper(metric: str, percent: float, *, below: float = 5.0, above: float | Non
                       None if above is None else above / 100.0, source, _profiles(profiles))
 
 
-def above(metric: str, reference: str = "Baseline", *, params: Mapping[str, Any] | None = None,
+def above(metric: str, reference: str = "", *, params: Mapping[str, Any] | None = None,
           profiles: Iterable[str] | str | None = None) -> Above:
     """observed `metric` > `reference`'s on the same data (e.g. training FLOPs above Baseline's)."""
     return Above(metric, reference, dict(params or {}), _profiles(profiles), ">")
 
 
-def below(metric: str, reference: str = "Baseline", *, params: Mapping[str, Any] | None = None,
+def below(metric: str, reference: str = "", *, params: Mapping[str, Any] | None = None,
           profiles: Iterable[str] | str | None = None) -> Above:
     """observed `metric` < `reference`'s on the same data (e.g. imbalance below Baseline's)."""
     return Above(metric, reference, dict(params or {}), _profiles(profiles), "<")

@@ -94,8 +94,9 @@ class CaseRunner:
         result, reused = self.run(plan, self.out_dir / case.id)
 
         def reference_metrics(e: Above) -> dict[str, Any]:
-            ref = self.reference(plan, e.reference, dict(e.params))
-            references[f"{e.metric} reference ({e.reference})"] = str(ref.record_path)
+            method = e.reference_name()
+            ref = self.reference(plan, method, dict(e.params))
+            references[f"{e.metric} reference ({method})"] = str(ref.record_path)
             return ref.metrics
 
         checks = generic_checks(result.metrics, result.history, result.extra)

@@ -137,7 +137,7 @@ def declared_checks(expectations: list[Expectation], metrics: Mapping[str, Any],
         elif isinstance(e, Above):
             ref = reference(e).get(e.metric)
             ok = _finite_number(ref) and e.holds(value, ref)
-            checks.append(Check(e.describe(), ok, value, f"{e.op} {e.reference}'s {_fmt(ref)}", "declared"))
+            checks.append(Check(e.describe(), ok, value, f"{e.op} {e.reference_name()}'s {_fmt(ref)}", "declared"))
         else:  # pragma: no cover
             raise TypeError(f"unknown expectation {e!r}")
     return checks

@@ -111,12 +111,12 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
                  base: Mapping[str, Any] | None = None) -> RunSpec:
     """Validate everything about a run and return its frozen spec."""
     from bbench.data.registry import DATASETS, resolve_modalities
-    from bbench.methods.registry import METHODS, WINDOW_ALIASES, method_params
+    from bbench.methods.registry import METHODS, WINDOW_ALIASES, method_params, reference_method
     from bbench.models.encoders import ENCODERS
     from bbench.models.fusion import FUSIONS
 
     tree = to_dict(RunSpec()) if base is None else dict(base)
-    method = method or tree["method"]
+    method = method or tree["method"] or reference_method()
     dataset = dataset or tree["dataset"]["name"]
     method_cls = METHODS.get(method)
     entry = DATASETS.get(dataset)
@@ -155,9 +155,14 @@ def _check_modality_count(method_cls: Any, modalities: tuple[str, ...]) -> None:
     """A method outside its modality bounds would run and report a meaningless I = 0."""
     n, least, most = len(modalities), method_cls.min_modalities, method_cls.max_modalities
     if n < least:
+        from bbench.methods.facts import Family
+        from bbench.methods.registry import METHODS
+
+        fitting = [name for name in METHODS if METHODS.get(name).min_modalities <= n
+                   and METHODS.get(name).family == Family.REFERENCE]
         raise SpecError(f"{method_cls.name} needs at least {least} modalities, got {n} "
                         f"({', '.join(modalities)}): it balances modalities against each other; "
-                        f"for one modality run Unimodal or Baseline")
+                        f"with {n} use {' or '.join(fitting)}")
     if most is not None and n > most:
         raise SpecError(f"{method_cls.name} handles at most {most} modalities, got {n} "
                         f"({', '.join(modalities)})")

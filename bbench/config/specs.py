@@ -100,7 +100,7 @@ class EvalSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    method: str = "Baseline"
+    method: str = ""  # empty: the reference method (the one declaring comparison_reference)
     method_params: dict[str, Any] = field(default_factory=dict)
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
     model: ModelSpec = field(default_factory=ModelSpec)

@@ -6,23 +6,27 @@ the method's own evaluation logits, every sample counted (no dropped last batch)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from bbench.data.base import Batch, collate_samples
+from bbench.data.base import Batch, collate_samples, move_batch
 from bbench.metrics.classification import accuracy, macro_f1
-
-if TYPE_CHECKING:
-    from bbench.methods.base import Method
+from bbench.models.modes import eval_mode
 
 
-def move_batch(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-            for k, v in batch.items()}
+class Evaluates(Protocol):
+    """What evaluation needs of a method (bbench.methods.base.Method provides it)."""
+
+    def eval_logits(self, model: nn.Module, batch: Batch, present: Sequence[bool] | None = None,
+                    unimodal: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+    def eval_modalities(self, model: nn.Module) -> tuple[str, ...]: ...
+
+    def default_evaluation(self) -> bool: ...
 
 
 def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_samples,
@@ -40,14 +44,13 @@ class SplitPredictions:
 
 
 @torch.no_grad()
-def predict(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device) -> SplitPredictions:
+def predict(method: Evaluates, model: nn.Module, loader: DataLoader, device: torch.device
+            ) -> SplitPredictions:
     """Run the method's evaluation forward over a loader, restoring the model's mode after."""
-    was_training = model.training
-    model.eval()
     names = method.eval_modalities(model)
     labels, fused, per = [], [], {m: [] for m in names}
     loss_sum, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             batch = move_batch(batch, device)
             logits, unimodal = method.eval_logits(model, batch)
@@ -58,8 +61,6 @@ def predict(method: "Method", model: nn.Module, loader: DataLoader, device: torc
             fused.append(logits.argmax(1).cpu())
             for m, z in zip(names, unimodal):
                 per[m].append(z.argmax(1).cpu())
-    finally:
-        model.train(was_training)
     cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
     return SplitPredictions(cat(labels), cat(fused), {m: cat(v) for m, v in per.items()},
                             loss_sum / max(count, 1))

@@ -1,13 +1,23 @@
 """Optimizer and learning-rate schedule of a run, from its typed spec."""
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 import torch
 
 from bbench.config.specs import OptimizerSpec, SchedulerSpec
 
 
-def build_optimizer(spec: OptimizerSpec, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(spec: OptimizerSpec, params: Iterable[Any]) -> torch.optim.Optimizer:
+    """`params`: parameters, or parameter groups (dicts with "params" and optional per-group
+    settings, as a method's `param_groups` returns); frozen parameters are left out."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**group, "params": [p for p in group["params"] if p.requires_grad]}
+                  for group in params]
+        params = [group for group in params if group["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if spec.type == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
                                weight_decay=spec.weight_decay)

@@ -1,9 +1,10 @@
 """The one training loop (methods.md §1.4; architecture principle 1).
 
-The Trainer owns epochs and steps, device placement, the optimizer and the per-epoch
-scheduler, gradient zeroing, validation-based model selection, checkpoints, FLOP
-accounting, logging and progress. Methods plug in through their hooks. The Trainer is
-given the training and validation splits only: test data cannot steer training.
+The Trainer owns epochs and steps, device placement, the optimizer (built from the
+method's parameter groups) and the per-epoch scheduler, gradient zeroing, validation-based
+model selection, checkpoints, FLOP accounting, logging and progress. Methods plug in
+through their hooks and see the Trainer only as the `TrainingLoop` protocol. The Trainer
+is given the training and validation splits only: test data cannot steer training.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bbench.config.specs import TrainSpec
-from bbench.data.base import Batch, DataInfo, collate_samples
+from bbench.data.base import Batch, move_batch
 from bbench.engine import checkpoint as ckpt
-from bbench.engine.evaluate import eval_loader, move_batch, predict, split_metrics
+from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import FlopAccount
 from bbench.engine.optim import build_optimizer, build_scheduler
 from bbench.engine.progress import Progress
-from bbench.methods.base import Method, StepInfo
+from bbench.methods.base import ForwardOut, Method
+from bbench.methods.loop import StepInfo, TrainingData
 
 log = logging.getLogger("bbench")
 
@@ -36,21 +38,6 @@ class NonFiniteLossError(RuntimeError):
 
 class EmptyEpochError(ValueError):
     """An epoch's training set is smaller than one batch: it would train nothing."""
-
-
-@dataclass
-class TrainingData:
-    """The splits a Trainer may see: train and validation, never test."""
-
-    info: DataInfo
-    train: Dataset
-    val: Dataset
-    collate: Callable = collate_samples
-    train_eval: Dataset | None = None  # the train split with evaluation transforms
-
-    @property
-    def train_for_eval(self) -> Dataset:
-        return self.train_eval if self.train_eval is not None else self.train
 
 
 @dataclass
@@ -73,6 +60,8 @@ def loader_seed(seed: int, epoch: int, phase: int) -> int:
 
 
 class Trainer:
+    """Implements `bbench.methods.loop.TrainingLoop`: what the methods' hooks may use."""
+
     def __init__(self, spec: TrainSpec, data: TrainingData, method: Method, model: nn.Module,
                  run_dir: Path | None = None, count_flops: bool = True,
                  callbacks: list[Callable[["Trainer", int, dict[str, Any]], None]] | None = None,
@@ -82,7 +71,7 @@ class Trainer:
         self.method = method
         self.device = torch.device(spec.device)
         self.model = model.to(self.device)
-        self.optimizer = build_optimizer(spec.optimizer, self.model.parameters())
+        self.optimizer = build_optimizer(spec.optimizer, method.param_groups(self.model))
         self.scheduler = build_scheduler(spec.scheduler, self.optimizer)
         self.run_dir = run_dir
         self.flops = FlopAccount(enabled=count_flops and spec.flops != "off")
@@ -103,6 +92,10 @@ class Trainer:
     def zero_grad(self) -> None:
         """set_to_none=True: parameters without a gradient are not moved by momentum or decay."""
         self.optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self) -> None:
+        """The one place a step's update happens (mixed precision or clipping would go here)."""
+        self.optimizer.step()
 
     def check_finite(self, loss: torch.Tensor, step: StepInfo) -> None:
         if not torch.isfinite(loss.detach()).all():
@@ -128,6 +121,10 @@ class Trainer:
     def fit(self, resume_state: dict[str, Any] | None = None) -> FitResult:
         """Train to `spec.epochs`; `resume_state` (a loaded, verified checkpoint) continues a run."""
         if resume_state is not None:
+            # Set-up runs again on the freshly built model (auxiliary models are rebuilt the
+            # same way), then the checkpoint is restored over it, method state included. Its
+            # FLOPs were counted once, in the run that started; the checkpoint holds them.
+            self.method.on_fit_start(self)
             self._restore(resume_state)
         else:
             with self.flops.count("fit_start"):
@@ -152,6 +149,7 @@ class Trainer:
     def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
         start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
+        active = self.method.active(epoch)
         with self.flops.count("epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
         loss_sum, steps, correct, seen = 0.0, 0, {}, 0
@@ -169,7 +167,7 @@ class Trainer:
             sampled_flops, sampled_samples, unsampled_samples = 0, 0, 0
             for j, batch in enumerate(loader):
                 batch = self.to_device(batch)
-                info = StepInfo(epoch, j, n_b, self.global_step, phase)
+                info = StepInfo(epoch, j, n_b, self.global_step, phase, active)
                 if self.spec.flops == "all" or j < self.spec.flops_steps:
                     with self.flops.count("step"):
                         result = self.method.train_step(self, batch, info)
@@ -192,14 +190,14 @@ class Trainer:
         self.train_seconds += time.perf_counter() - start
         val = split_metrics(predict(self.method, self.model, self.eval_loader(self.data.val),
                                     self.device), self.data.info.num_classes)
+        if self._improves(val):  # keep the weights that were validated, before on_epoch_end edits
+            self.best_epoch, self.best_val = epoch, dict(val)
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         start = time.perf_counter()
         with self.flops.count("epoch_end"):
             self.method.on_epoch_end(self, epoch)
         self.scheduler.step()
         self.train_seconds += time.perf_counter() - start
-        if self._improves(val):
-            self.best_epoch, self.best_val = epoch, dict(val)
-            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         record: dict[str, Any] = {
             "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1), "steps": steps,
             "train_samples": seen,
@@ -230,10 +228,14 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def _count_correct(self, out, labels: torch.Tensor, correct: dict[str, float]) -> None:
-        """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted)."""
+    def _count_correct(self, out: ForwardOut, labels: torch.Tensor, correct: dict[str, float]) -> None:
+        """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted).
+
+        Modalities are named by the step's model, not the dataset: a Unimodal model on `mor`
+        has one feature, and it is `mor`'s.
+        """
         correct["acc"] = correct.get("acc", 0.0) + float((out.logits.argmax(1) == labels).sum())
-        for i, m in enumerate(self.data.info.modalities[:len(out.features)]):
+        for i, m in enumerate(out.model.modalities):
             pred = out.unimodal_scoring(i).argmax(1)
             correct[f"acc_{m}"] = correct.get(f"acc_{m}", 0.0) + float((pred == labels).sum())
 

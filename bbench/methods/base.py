@@ -1,15 +1,18 @@
 """The Method base class: the hook points of the one training loop (methods.md §1.4).
 
-A method overrides only the hooks it needs; the Trainer owns everything else (device
+A method overrides only the hooks it needs; the loop owns everything else (device
 placement, optimizer and scheduler, zeroing, validation, checkpoints, FLOP accounting).
-The default `train_step` is the Baseline step, and outside a windowed method's active
-epochs the Trainer-facing step falls back to exactly that (methods.md §1.5).
+Hooks receive the loop as the narrow `TrainingLoop` protocol (methods/loop.py), never the
+Trainer. The default `train_step` is the Baseline step, and outside a windowed method's
+active epochs the step falls back to exactly that (methods.md §1.5); `observe_grads` runs
+on every step, inside and outside the window. What a method *is* (family, inputs, extra
+passes, modality bounds, per-modality rows) is declared on its class (methods/facts.py).
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +22,9 @@ from torch.utils.data import Dataset
 from bbench.config.fields import SpecError, param
 from bbench.config.specs import ModelSpec
 from bbench.data.base import Batch, DataInfo
+from bbench.methods.facts import Family, RunInput
+from bbench.methods.loop import StepInfo, TrainingLoop
 from bbench.models.multimodal import MultimodalModel, apply_keep, build_multimodal_model
-
-if TYPE_CHECKING:  # the trainer imports methods, not the other way round
-    from bbench.engine.trainer import Trainer
 
 
 @dataclass(frozen=True)
@@ -40,17 +42,6 @@ class WindowParams:
     def __post_init__(self) -> None:
         if self.end < self.start:
             raise SpecError(f"start={self.start} is after end={self.end}; need 0 <= start <= end")
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Where a training step sits: epoch e, batch j of n_b in this pass, global step t."""
-
-    epoch: int
-    batch_index: int
-    num_batches: int
-    global_step: int
-    phase: int = 0
 
 
 @dataclass
@@ -135,23 +126,33 @@ class RunContext:
     seed: int
     device: torch.device
     run_spec: Any = None  # the resolved RunSpec (for procedures that need the optimizer config)
+    # The finished runs the method declared as `inputs`, resolved by the runner (RunResult lists).
+    inputs: dict[str, list[Any]] = field(default_factory=dict)
 
 
 class Method:
     """Base class of every method; the defaults implement Baseline."""
 
     name: ClassVar[str] = "Method"
-    family: ClassVar[str] = "reference"
+    family: ClassVar[Family] = Family.REFERENCE
     Params: ClassVar[type] = NoParams
     windowed: ClassVar[bool] = False
     param_aliases: ClassVar[dict[str, str]] = {}
-    # Methods whose eval forward is the default model's forward allow the one-pass Shapley path.
-    default_eval: ClassVar[bool] = True
     # Evaluation procedures (LinearProbe) replace training by `run_procedure`.
     procedure: ClassVar[bool] = False
     # How many modalities the method is defined for; a balancing method needs two to balance.
     min_modalities: ClassVar[int] = 1
     max_modalities: ClassVar[int | None] = None
+    # Passes beyond Baseline's one forward and one backward per step (methods.md §2): the
+    # method's training FLOPs must then exceed Baseline's on the same data and budget.
+    extra_passes: ClassVar[bool] = False
+    # One run (and one table row) per modality, with this parameter set to it (Unimodal).
+    per_modality: ClassVar[str | None] = None
+    # Finished runs the method needs first (resolved by the runner; methods/facts.py).
+    inputs: ClassVar[tuple[RunInput, ...]] = ()
+    # The run every balancing method is compared with (exactly one method declares it): the
+    # default method, the reference of "FLOPs above" expectations and of bench's probe table.
+    comparison_reference: ClassVar[bool] = False
 
     def __init__(self, params: Any, ctx: RunContext) -> None:
         self.params = params
@@ -161,8 +162,9 @@ class Method:
         self.log = EpochLog()
 
     def run_label(self) -> str:
-        """Name stem of the run directory."""
-        return self.name
+        """Name stem of the run directory (and of the method's table row)."""
+        return f"{self.name}-{getattr(self.params, self.per_modality)}" if self.per_modality \
+            else self.name
 
     def run_procedure(self, data: Any, run_dir: Any, device: torch.device) -> dict[str, Any]:
         """For `procedure` methods: do the work and return the metrics."""
@@ -183,10 +185,24 @@ class Method:
         return sum(self.active(e) for e in range(epochs))
 
     # -- hooks (override what the algorithm needs) -----------------------------------------
-    def on_fit_start(self, trainer: "Trainer") -> None:
-        """(g) auxiliary models and method state."""
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups (e.g. per-modality learning rates).
 
-    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> Dataset | None:
+        The loop builds the optimizer (and binds the scheduler) from these, and a resumed run
+        restores their state. A group may set its own `lr`, `weight_decay`, ...; unset keys
+        take the run's optimizer settings.
+        """
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def on_fit_start(self, loop: TrainingLoop) -> None:
+        """(g) auxiliary models and method state.
+
+        Runs at fit start and again when a run resumes, on the freshly built model and before
+        the checkpoint is restored: build auxiliary models here, deterministically; what they
+        learn during training belongs in `extra_state`, which the resume restores over them.
+        """
+
+    def on_epoch_start(self, loop: TrainingLoop, epoch: int) -> Dataset | None:
         """(a)/(f) periodic procedures; may return this epoch's training set."""
         return None
 
@@ -205,39 +221,54 @@ class Method:
     def backward(self, loss: torch.Tensor, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
         loss.backward()
 
+    def observe_grads(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
+        """Read (never write) the gradients of every step, inside and outside the window.
+
+        Runs after backward and before `edit_grads`; `step.active` says whether the window
+        is open (Greedy's learning-speed sums and AGM's running means continue outside it).
+        """
+
     def edit_grads(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
-        """(d) between backward and optimizer.step(); may read or rewrite `.grad`."""
+        """(d) between backward and the optimizer step; may read or rewrite `.grad`."""
 
     def after_step(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
-        """Bookkeeping after optimizer.step()."""
+        """Bookkeeping after the optimizer step."""
 
-    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> None:
-        """(f) after the epoch's training passes and validation, before the scheduler step."""
+    def on_epoch_end(self, loop: TrainingLoop, epoch: int) -> None:
+        """(f) after the epoch's training passes and validation, before the scheduler step.
 
-    def train_step(self, trainer: "Trainer", batch: Batch, step: StepInfo) -> StepOutput:
+        The loop has already kept the validated weights for model selection, so a method
+        may re-initialise or edit the model here (ReLearning).
+        """
+
+    def train_step(self, loop: TrainingLoop, batch: Batch, step: StepInfo) -> StepOutput:
         """(e) one optimizer update; outside the window, the plain Baseline step."""
-        if not self.active(step.epoch):
-            return self.plain_step(trainer, batch, step)
-        trainer.zero_grad()
-        trainer.model.train()
-        out = self.forward(trainer.model, batch, step)
+        if not step.active:
+            return self.plain_step(loop, batch, step)
+        loop.zero_grad()
+        loop.model.train()
+        out = self.forward(loop.model, batch, step)
         loss = self.loss(out, batch, step)
-        trainer.check_finite(loss, step)
+        loop.check_finite(loss, step)
         self.backward(loss, out, batch, step)
+        self.observe_grads(out, batch, step)
         self.edit_grads(out, batch, step)
-        trainer.optimizer.step()
+        loop.optimizer_step()
         self.after_step(out, batch, step)
         return StepOutput(loss.detach(), out)
 
-    def plain_step(self, trainer: "Trainer", batch: Batch, step: StepInfo) -> StepOutput:
-        """One forward, CE on the fused training logits, one backward, one step (§1.5)."""
-        trainer.zero_grad()
-        trainer.model.train()
-        out = Method.forward(self, trainer.model, batch, step)
+    def plain_step(self, loop: TrainingLoop, batch: Batch, step: StepInfo) -> StepOutput:
+        """One forward of the method's model, CE on its fused training logits, one backward,
+        the gradient observer, one step (§1.5): Baseline's step, on whatever model the method
+        built."""
+        loop.zero_grad()
+        loop.model.train()
+        out = Method.forward(self, loop.model, batch, step)
         loss = F.cross_entropy(out.logits, batch["label"])
-        trainer.check_finite(loss, step)
+        loop.check_finite(loss, step)
         loss.backward()
-        trainer.optimizer.step()
+        self.observe_grads(out, batch, step)
+        loop.optimizer_step()
         return StepOutput(loss.detach(), out)
 
     # -- evaluation (§1.11) ---------------------------------------------------------------
@@ -252,6 +283,13 @@ class Method:
 
     def eval_modalities(self, model: nn.Module) -> tuple[str, ...]:
         return tuple(model.modalities)
+
+    @classmethod
+    def default_evaluation(cls) -> bool:
+        """Whether the method evaluates with the model's own encode and head (it does not
+        override `eval_logits`): together with the model's `separable` fact this decides
+        whether Shapley's one-pass paths compute exactly the masked-evaluation predictions."""
+        return cls.eval_logits is Method.eval_logits
 
     # -- state (§1.12) --------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from bbench.methods.base import Method
+from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
 
 
@@ -10,4 +11,5 @@ class Baseline(Method):
     """The defaults of Method are exactly the Baseline step; nothing to override."""
 
     name = "Baseline"
-    family = "reference"
+    family = Family.REFERENCE
+    comparison_reference = True

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from bbench.config.fields import param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
+from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
 
 
@@ -52,8 +53,9 @@ def combine_tensor(g_mm: torch.Tensor, g_m: torch.Tensor, k0: torch.Tensor, k1: 
 @register_method()
 class MMPareto(Method):
     name = "MMPareto"
-    family = "Objective"
+    family = Family.OBJECTIVE
     min_modalities = 2  # balances modalities against each other
+    extra_passes = True  # M + 1 backward passes per step
     Params = MMParetoParams
     windowed = True
     param_aliases = {"alpha": "gamma"}

@@ -17,9 +17,12 @@ from bbench import ops
 from bbench.config.fields import SpecError, param
 from bbench.data.base import KeepMaskDataset
 from bbench.methods.base import Method, WindowParams
+from bbench.methods.facts import Family
+from bbench.methods.loop import TrainingLoop
 from bbench.methods.registry import register_method
 from bbench.metrics.shapley import shapley_tensor
 from bbench.models.fusion import FusionHead
+from bbench.models.modes import eval_mode
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ def coalition_values(correct: torch.Tensor) -> torch.Tensor:
 @register_method("Sample")
 class ModalityValuation(Method):
     name = "ModalityValuation"
-    family = "Data"
+    family = Family.DATA
     min_modalities = 2  # balances modalities against each other
+    extra_passes = True  # a valuation pass over train each epoch, copies enlarge the epoch
     Params = ModalityValuationParams
     windowed = True
 
@@ -63,30 +67,26 @@ class ModalityValuation(Method):
         return model
 
     @torch.no_grad()
-    def valuate(self, trainer) -> torch.Tensor:
+    def valuate(self, loop: TrainingLoop) -> torch.Tensor:
         """φ [N, M] for every training sample, indexed by its `index`; changes no parameter or buffer."""
-        model = trainer.model
-        was_training = model.training
-        model.eval()
-        dataset = trainer.data.train_for_eval
+        model = loop.model
+        dataset = loop.data.train_for_eval
         phi = torch.zeros(len(dataset), len(self.modalities), dtype=torch.float64)
-        try:
-            for batch in trainer.eval_loader(dataset):
-                batch = trainer.to_device(batch)
+        with eval_mode(model):
+            for batch in loop.eval_loader(dataset):
+                batch = loop.to_device(batch)
                 features = model.encode(batch)
                 contrib, bias = model.head.affine_contributions(features)
                 absent, _ = model.head.affine_contributions([torch.zeros_like(f[:1]) for f in features])
                 correct, _ = ops.subset_correct(contrib, absent[:, 0], bias, batch["label"])
                 phi[batch["index"].cpu()] = shapley_tensor(coalition_values(correct)).cpu()
-        finally:
-            model.train(was_training)
         return phi
 
-    def on_epoch_start(self, trainer, epoch: int) -> Dataset | None:
+    def on_epoch_start(self, loop: TrainingLoop, epoch: int) -> Dataset | None:
         if not self.active(epoch):
             return None
         started = time.perf_counter()
-        phi = self.valuate(trainer)
+        phi = self.valuate(loop)
         N, M = phi.shape
         if self.params.level == "sample":
             copies = self._sample_level(phi)
@@ -101,7 +101,7 @@ class ModalityValuation(Method):
             self.log.set(f"copies_{name}", len(copies[m]))
         self.log.set("train_size", len(entries))
         self.log.set("valuation_seconds", time.perf_counter() - started)
-        return KeepMaskDataset(trainer.data.train, entries, keep)
+        return KeepMaskDataset(loop.data.train, entries, keep)
 
     def _sample_level(self, phi: torch.Tensor) -> list[torch.Tensor]:
         """For each modality m, sample i repeated n_{i,m} times."""

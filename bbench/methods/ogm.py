@@ -14,6 +14,7 @@ import torch
 from bbench import ops
 from bbench.config.fields import param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams, encoder_weight_tensors
+from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
 
 
@@ -35,7 +36,7 @@ def ogm_coefficients(scores: torch.Tensor, alpha: float) -> tuple[torch.Tensor, 
 @register_method()
 class OGM(Method):
     name = "OGM"
-    family = "Optimization"
+    family = Family.OPTIMIZATION
     min_modalities = 2  # balances modalities against each other
     Params = OGMParams
     windowed = True

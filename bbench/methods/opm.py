@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from bbench.config.fields import param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
+from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
 
 
@@ -36,7 +37,7 @@ def drop_probabilities(scores: torch.Tensor, q_base: float, alpha: float
 @register_method()
 class OPM(Method):
     name = "OPM"
-    family = "Feed-forward"
+    family = Family.FEED_FORWARD
     min_modalities = 2  # balances modalities against each other
     Params = OPMParams
     windowed = True

@@ -1,10 +1,11 @@
 """The method registry and validated construction of a method from plain settings."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from bbench.config.fields import SpecError, build, fields_of
 from bbench.methods.base import Method, RunContext
+from bbench.methods.facts import Family
 from bbench.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry("method")
@@ -42,3 +43,22 @@ def method_params(cls: type[Method], settings: Mapping[str, Any]) -> Any:
 def build_method(name: str, settings: Mapping[str, Any], ctx: RunContext) -> Method:
     cls = METHODS.get(name)
     return cls(method_params(cls, settings), ctx)
+
+
+def reference_method() -> str:
+    """The name of the method every balancing method is compared with (the default method)."""
+    found = [name for name in METHODS if METHODS.get(name).comparison_reference]
+    if len(found) != 1:
+        raise RuntimeError(f"exactly one registered method must declare comparison_reference; "
+                           f"found {found or 'none'}")
+    return found[0]
+
+
+def methods_in_table_order(names: Iterable[str] | None = None) -> list[str]:
+    """Registered methods (or `names`) by family (methods/facts.py order); within a family
+    per-modality methods first (their rows are read as the others' references), then in
+    registration order."""
+    chosen = [METHODS.canonical(n) for n in names] if names is not None else list(METHODS)
+    order, registered = list(Family), list(METHODS)
+    return sorted(chosen, key=lambda n: (order.index(METHODS.get(n).family),
+                                         METHODS.get(n).per_modality is None, registered.index(n)))

@@ -12,6 +12,7 @@ from torch import nn
 
 from bbench.config.fields import SpecError
 from bbench.methods.base import Method, RunContext
+from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
 from bbench.models.multimodal import build_multimodal_model
 
@@ -24,8 +25,9 @@ class UnimodalParams:
 @register_method()
 class Unimodal(Method):
     name = "Unimodal"
-    family = "reference"
+    family = Family.REFERENCE
     Params = UnimodalParams
+    per_modality = "modality"  # one run and one table row per modality of the dataset
 
     def __init__(self, params: UnimodalParams, ctx: RunContext) -> None:
         super().__init__(params, ctx)
@@ -33,9 +35,6 @@ class Unimodal(Method):
             raise SpecError(f"Unimodal: modality={params.modality!r} is not a modality of this run; "
                             f"choose one of {', '.join(ctx.info.modalities)}")
         self.modalities = (params.modality,)
-
-    def run_label(self) -> str:
-        return f"{self.name}-{self.params.modality}"
 
     def build_model(self) -> nn.Module:
         return build_multimodal_model(self.ctx.info, self.ctx.model_spec,

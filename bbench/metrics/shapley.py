@@ -11,19 +11,19 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from bbench import ops
-from bbench.engine.evaluate import move_batch
+from bbench.data.base import move_batch
+from bbench.engine.evaluate import Evaluates
 from bbench.models.fusion import FusionHead
+from bbench.models.modes import eval_mode
 from bbench.models.multimodal import MultimodalModel
 
-if TYPE_CHECKING:
-    from bbench.methods.base import Method
 
 Mask = Literal["input", "feature"]
 EvalPath = Literal["one-pass-linear", "one-pass-stacked", "masked-passes"]
@@ -99,9 +99,9 @@ def subset_name(subset: int, names: Sequence[str]) -> str:
     return "+".join(names[m] for m in members) if members else "∅"
 
 
-def choose_path(method: "Method", model: nn.Module) -> EvalPath:
+def choose_path(method: Evaluates, model: nn.Module) -> EvalPath:
     """The cheapest path that computes exactly the masked-evaluation predictions."""
-    if isinstance(model, MultimodalModel) and method.default_eval:
+    if isinstance(model, MultimodalModel) and model.separable and method.default_evaluation():
         return "one-pass-linear" if _is_linear(model) else "one-pass-stacked"
     return "masked-passes"
 
@@ -111,17 +111,15 @@ def _is_linear(model: MultimodalModel) -> bool:
 
 
 @torch.no_grad()
-def subset_correct_counts(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device,
+def subset_correct_counts(method: Evaluates, model: nn.Module, loader: DataLoader, device: torch.device,
                           mask: Mask = "input", path: EvalPath | None = None) -> tuple[torch.Tensor, int]:
     """counts[s] = number of samples whose fused prediction is right with subset s present."""
     path = path or choose_path(method, model)
-    was_training = model.training
-    model.eval()
     names = method.eval_modalities(model)
     M = len(names)
     counts = torch.zeros(1 << M, dtype=torch.long)
     total = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             batch = move_batch(batch, device)
             labels = batch["label"]
@@ -139,12 +137,10 @@ def subset_correct_counts(method: "Method", model: nn.Module, loader: DataLoader
                     counts += batch_counts.cpu()
                 else:
                     counts += _stacked_counts(model, features, absent, labels)
-    finally:
-        model.train(was_training)
     return counts, total
 
 
-def _masked_pass_counts(method: "Method", model: nn.Module, batch: dict, mask: Mask, M: int) -> torch.Tensor:
+def _masked_pass_counts(method: Evaluates, model: nn.Module, batch: dict, mask: Mask, M: int) -> torch.Tensor:
     counts = torch.zeros(1 << M, dtype=torch.long)
     labels = batch["label"]
     for s in range(1 << M):
@@ -167,7 +163,7 @@ def _stacked_counts(model: MultimodalModel, features: list[torch.Tensor],
     return (logits.argmax(-1) == labels[None]).sum(1).cpu()
 
 
-def compute_shapley(method: "Method", model: nn.Module, loader: DataLoader, device: torch.device,
+def compute_shapley(method: Evaluates, model: nn.Module, loader: DataLoader, device: torch.device,
                     mask: Mask = "input", path: EvalPath | None = None) -> ShapleyResult:
     path = path or choose_path(method, model)
     counts, total = subset_correct_counts(method, model, loader, device, mask, path)

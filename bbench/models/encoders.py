@@ -1,7 +1,8 @@
 """Encoder registry: one module per modality mapping raw input to a feature vector h_m.
 
-Every encoder exposes `out_dim` (d_m, read by heads and methods, never hard-coded) and
-`stages` (its sequential blocks, for methods that insert fusion blocks between stages).
+Every encoder is a `StagedEncoder` (models/backbones/common.py): `out_dim` (d_m, read by
+heads and methods, never hard-coded), `stages` (its sequential blocks, for methods that
+insert fusion blocks between stages) and the `enter` -> stages -> `exit` split.
 Image, audio, sequence and text backbones register here too, with the same contract.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from bbench.config.fields import build, param
 from bbench.config.specs import EncoderSpec
+from bbench.models.staged import StagedEncoder
 from bbench.registry import Registry
 
 
@@ -41,8 +43,12 @@ class MLPOptions:
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-class MLPEncoder(nn.Module):
-    """Flattened input -> Linear/activation stages; the last stage's output is h_m."""
+class MLPEncoder(StagedEncoder):
+    """Flattened input -> Linear/activation stages; the last stage's output is h_m.
+
+    A staged encoder like every backbone: `enter` flattens, `stages` are the Linear blocks
+    (where cross-modal blocks such as Greedy's MMTM go), `exit` is the identity.
+    """
 
     def __init__(self, in_dim: int, options: MLPOptions) -> None:
         super().__init__()
@@ -60,8 +66,8 @@ class MLPEncoder(nn.Module):
         self.in_dim = in_dim
         self.out_dim = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x.flatten(1).to(self.stages[0][0].weight.dtype))
+    def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return x.flatten(1).to(self.stages[0][0].weight.dtype), None
 
 
 def _make_mlp(input_shape: tuple[int, ...], options: MLPOptions) -> nn.Module:

@@ -19,6 +19,11 @@ from bbench.models.fusion import FusionHead, build_fusion
 class MultimodalModel(nn.Module):
     """encoders[m] → h_m → head([h_1 … h_M]) → z. Encoders are registered before the head."""
 
+    separable: bool = True
+    """Each h_m depends on x_m alone and z = head(h): a subset's input-masked prediction can be
+    formed from one encoding pass (Shapley's one-pass paths). A model with cross-modal blocks
+    between encoder stages (Greedy's MMTM) sets this False, and evaluation masks by passes."""
+
     def __init__(self, modalities: Sequence[str], encoders: Mapping[str, nn.Module],
                  head: FusionHead) -> None:
         super().__init__()

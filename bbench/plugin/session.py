@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import pytest
 
 from bbench.cases.dsl import PROFILES as PROFILE_NAMES
-from bbench.plugin.storage import SAVE_FILE, SAVE_NAME, STORAGE, machine_id
+from bbench.plugin.machine import SAVE_FILE, SAVE_NAME, STORAGE, machine_id
 from bbench.plugin.utils import relative
 
 

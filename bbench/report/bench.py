@@ -1,7 +1,10 @@
 """`bench`: every registered method on one dataset, and the paper-style comparison table.
 
-Order: Unimodal for each modality, Baseline, every balancing method, then LinearProbe on
-the Baseline run (with the Unimodal runs beside it, the paper's Figure 2 question).
+The plan is read from the methods' declared facts (bbench/methods/facts.py), never from
+their names: methods without input runs first, in family order (reference rows, then the
+four balancing families), a `per_modality` method once per modality; then the methods
+that declare input runs (LinearProbe), whose inputs the runner finds among the runs just
+made (same spec hash under the bench directory) instead of training them again.
 """
 from __future__ import annotations
 
@@ -12,12 +15,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from bbench.config.resolve import resolve_spec
 from bbench.data.registry import DATASETS, resolve_modalities
-from bbench.methods.registry import METHODS
+from bbench.methods.registry import METHODS, methods_in_table_order, reference_method
 from bbench.results.files import write_json
 from bbench.results.record import RunResult
 from bbench.runner import run
-
-FAMILY_ORDER = ("Data", "Feed-forward", "Objective", "Optimization")
 
 
 @dataclass
@@ -25,17 +26,43 @@ class BenchResult:
     dataset: str
     modalities: tuple[str, ...]
     runs: list[RunResult] = field(default_factory=list)
-    probe: RunResult | None = None
+    skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
     out_dir: Path | None = None
 
 
-def balancing_methods(selected: Sequence[str] | None = None) -> list[str]:
-    """Registered methods of the four families, in family then registration order."""
-    names = [METHODS.canonical(n) for n in selected] if selected else list(METHODS)
-    ordered = []
-    for family in FAMILY_ORDER:
-        ordered += [n for n in names if METHODS.get(n).family == family]
-    return ordered
+@dataclass(frozen=True)
+class PlannedRun:
+    label: str
+    method: str
+    params: dict[str, Any]
+
+
+def plan_bench(modalities: Sequence[str], selected: Sequence[str] | None = None
+               ) -> tuple[list[PlannedRun], dict[str, str]]:
+    """The runs of a bench, in order, and the methods left out with the reason.
+
+    `selected` narrows the balancing families; reference rows and evaluation procedures
+    always run (they are what the balancing rows are read against).
+    """
+    chosen = set(methods_in_table_order(selected)) if selected else None
+    plan: list[PlannedRun] = []
+    skipped: dict[str, str] = {}
+    ordered = methods_in_table_order()
+    for name in [n for n in ordered if not METHODS.get(n).inputs] + \
+                [n for n in ordered if METHODS.get(n).inputs]:
+        cls = METHODS.get(name)
+        if chosen is not None and cls.family.balancing and name not in chosen:
+            continue
+        n = len(modalities)
+        if n < cls.min_modalities or (cls.max_modalities is not None and n > cls.max_modalities):
+            skipped[name] = (f"needs {cls.min_modalities} to {cls.max_modalities or 'any number of'} "
+                             f"modalities; this bench has {n}")
+            continue
+        if cls.per_modality:
+            plan += [PlannedRun(f"{name}-{m}", name, {cls.per_modality: m}) for m in modalities]
+        else:
+            plan.append(PlannedRun(name, name, {}))
+    return plan, skipped
 
 
 def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -61,40 +88,24 @@ def run_bench(dataset: str, methods: Sequence[str] | None = None,
     `LinearProbe.probe_epochs`); every other override applies to all runs.
     """
     overrides, per_method = split_overrides(overrides or {})
-    base = resolve_spec("Baseline", dataset, overrides)
+    base = resolve_spec(reference_method(), dataset, overrides)
     entry = DATASETS.get(base.dataset.name)
     modalities = resolve_modalities(entry, base.dataset.modalities)
     root = Path(out_dir) if out_dir else Path(base.output_root) / f"bench-{entry.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"bench directory {root} already holds results; choose another --out")
-    result = BenchResult(entry.name, modalities, out_dir=root)
-    plan: list[tuple[str, str, dict[str, Any]]] = [
-        (f"Unimodal-{m}", "Unimodal", {"modality": m}) for m in modalities]
-    plan.append(("Baseline", "Baseline", {}))
-    plan += [(name, name, {}) for name in balancing_methods(methods)]
-    total = len(plan) + 1
-    for i, (label, method, params) in enumerate(plan):
+    plan, skipped = plan_bench(modalities, methods)
+    result = BenchResult(entry.name, modalities, skipped=skipped, out_dir=root)
+    for i, planned in enumerate(plan):
         started = time.perf_counter()
         if on_run:
-            on_run(i, total, label, None, 0.0)
-        record = run(method, entry.name, **{**overrides, **per_method.get(method, {}), **params,
-                                            "output_root": str(root)})
+            on_run(i, len(plan), planned.label, None, 0.0)
+        record = run(planned.method, entry.name, **{**overrides, **per_method.get(planned.method, {}),
+                                                    **planned.params, "output_root": str(root)})
         result.runs.append(record)
         if on_run:
-            on_run(i, total, label, record, time.perf_counter() - started)
-    baseline = next(r for r in result.runs if r.method == "Baseline")
-    unimodal = [str(r.run_dir) for r in result.runs if r.method == "Unimodal"]
-    started = time.perf_counter()
-    if on_run:
-        on_run(total - 1, total, "LinearProbe", None, 0.0)
-    result.probe = run("LinearProbe", entry.name, **{**overrides, **per_method.get("LinearProbe", {}),
-                                                     "output_root": str(root),
-                                                     "source_run": str(baseline.run_dir),
-                                                     "unimodal_runs": unimodal})
-    if on_run:
-        on_run(total - 1, total, "LinearProbe", result.probe, time.perf_counter() - started)
+            on_run(i, len(plan), planned.label, record, time.perf_counter() - started)
     write_json(root / "bench.json", {
         "dataset": entry.name, "modalities": list(modalities),
-        "runs": [str(r.run_dir) for r in result.runs], "probe": str(result.probe.run_dir)},
-        "bench index")
+        "runs": [str(r.run_dir) for r in result.runs], "skipped": skipped}, "bench index")
     return result

@@ -32,8 +32,10 @@ def flatten(overrides: Mapping[str, Any], prefix: str = "") -> list[tuple[str, A
 
 
 def run_command(dataset: str, overrides: Mapping[str, Any]) -> str:
-    """The `python -m bbench run` line equivalent to `bbench.run("Baseline", dataset, **overrides)`."""
-    words = ["python", "-m", "bbench", "run", "--method", "Baseline", "--dataset", dataset]
+    """The `python -m bbench run` line of the reference method on `dataset` with `overrides`."""
+    from bbench.methods.registry import reference_method
+
+    words = ["python", "-m", "bbench", "run", "--method", reference_method(), "--dataset", dataset]
     for key, value in flatten(overrides):
         if key == "progress":
             continue

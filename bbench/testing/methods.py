@@ -12,8 +12,9 @@ import torch
 
 from bbench.config.specs import ModelSpec, OptimizerSpec, TrainSpec
 from bbench.data.base import DataInfo, TensorMultimodalDataset
-from bbench.engine.trainer import Trainer, TrainingData
-from bbench.methods.base import RunContext, StepInfo, StepOutput
+from bbench.engine.trainer import Trainer
+from bbench.methods.base import RunContext, StepOutput
+from bbench.methods.loop import StepInfo, TrainingData
 from bbench.methods.registry import build_method
 
 
@@ -44,7 +45,7 @@ def one_step(method_name: str, params: dict[str, Any], info: DataInfo, batch: di
     split = TensorMultimodalDataset({m: batch[m] for m in info.modalities}, batch["label"])
     spec = TrainSpec(optimizer=OptimizerSpec(lr=lr), epochs=1, progress=False)
     trainer = Trainer(spec, TrainingData(info, split, split), method, model, count_flops=False)
-    out = method.train_step(trainer, batch, StepInfo(epoch, 0, 1, 0))
+    out = method.train_step(trainer, batch, StepInfo(epoch, 0, 1, 0, active=method.active(epoch)))
     return trainer, out
 
 

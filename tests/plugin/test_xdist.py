@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bbench.plugin.storage import machine_id
+from bbench.plugin.machine import machine_id
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,8 @@ from torch.utils.data import Subset
 
 from bbench.config.specs import ModelSpec, TrainSpec
 from bbench.data.base import TensorMultimodalDataset
-from bbench.engine.trainer import EmptyEpochError, Trainer, TrainingData
+from bbench.engine.trainer import EmptyEpochError, Trainer
+from bbench.methods.loop import TrainingData
 from bbench.methods.base import Method, RunContext
 from bbench.testing.methods import toy_batch, toy_info
 

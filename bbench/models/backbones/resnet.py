@@ -16,9 +16,9 @@ import torchvision
 from torch import nn
 
 from bbench.config.fields import param
+from bbench.models.staged import StagedEncoder
 from bbench.models.backbones.common import (
     CheckpointMismatchError,
-    StagedEncoder,
     fold_time,
     image_layout,
     load_checked,

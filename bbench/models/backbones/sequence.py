@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from bbench.config.fields import param
-from bbench.models.backbones.common import StagedEncoder
+from bbench.models.staged import StagedEncoder
 from bbench.models.encoders import ENCODERS, EncoderEntry
 
 

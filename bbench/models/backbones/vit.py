@@ -16,8 +16,8 @@ import torchvision
 from torch import nn
 
 from bbench.config.fields import param
+from bbench.models.staged import StagedEncoder
 from bbench.models.backbones.common import (
-    StagedEncoder,
     fold_time,
     image_layout,
     load_checked,
