@@ -54,6 +54,15 @@ class Registry(Generic[T]):
         self._items[name] = obj
         self._aliases.extend(aliases)
 
+    def remove(self, name: str) -> T:
+        """Unregister `name` and its aliases (a plugin unloading, a test cleaning up)."""
+        canonical = self.canonical(name)
+        keys = [k for k, v in self._canonical.items() if v == canonical]
+        for key in keys:
+            del self._canonical[key]
+        self._aliases = [a for a in self._aliases if a.lower() not in keys]
+        return self._items.pop(canonical)
+
     def canonical(self, name: str) -> str:
         """The registered name for `name` or one of its aliases."""
         try:

@@ -28,3 +28,16 @@ def test_duplicate_registration_is_refused():
     reg.add("a", 1)
     with pytest.raises(ValueError, match="already registered"):
         reg.add("A", 2)
+
+
+def test_remove_unregisters_the_name_and_its_aliases_only():
+    reg: Registry[int] = Registry("thing")
+    reg.add("MMPareto", 1, aliases=("pareto",))
+    reg.add("OGM", 2, aliases=("ogm_ge",))
+    assert reg.remove("PARETO") == 1
+    assert "MMPareto" not in reg and "pareto" not in reg
+    assert reg.names() == ["OGM"] and reg.aliases() == ["ogm_ge"]
+    reg.add("MMPareto", 3, aliases=("pareto",))  # the names are free again
+    assert reg.get("pareto") == 3
+    with pytest.raises(UnknownNameError):
+        reg.remove("nope")
