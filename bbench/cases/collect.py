@@ -104,14 +104,13 @@ def declared_inputs(cls: type) -> dict[str, Ref]:
 
 
 def inapplicable(cls: type, modalities: tuple[str, ...]) -> str | None:
-    """Why `cls` cannot run on data with these modalities (class attributes), or None."""
-    most = getattr(cls, "max_modalities", None)
-    least = getattr(cls, "min_modalities", None)
+    """Why `cls` cannot run on data with these modalities (its declared bounds), or None."""
+    most, least = cls.max_modalities, cls.min_modalities
     m = len(modalities)
     if most is not None and m > most:
         return (f"{cls.name} handles at most {most} modalities; this dataset has {m} "
                 f"({', '.join(modalities)})")
-    if least is not None and m < least:
+    if m < least:
         return f"{cls.name} needs at least {least} modalities; this dataset has {m}"
     return None
 

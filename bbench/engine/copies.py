@@ -32,8 +32,9 @@ def fit_copy(module: nn.Module, batches: Callable[[int], Iterable[Any]],
     """Train `module` in place for `epochs` epochs on `batches(epoch)` with `optimizer`.
 
     After each epoch `score(module)` (in eval mode, without gradients) rates it; the module
-    ends with the weights of the first epoch of the highest score.
+    ends with the weights of the first epoch of the highest score, in the mode it came in.
     """
+    was_training = module.training
     opt = build_optimizer(optimizer, module.parameters())
     best_state: dict[str, torch.Tensor] = {}
     best_epoch, best_score, scores = -1, -float("inf"), []
@@ -50,4 +51,5 @@ def fit_copy(module: nn.Module, batches: Callable[[int], Iterable[Any]],
             best_epoch, best_score = epoch, value
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
     module.load_state_dict(best_state)
+    module.train(was_training)
     return FittedCopy(best_epoch, best_score, scores)
