@@ -360,7 +360,9 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
     metrics: dict[str, Any] = split_metrics(test_predictions, data.info.num_classes)
     metrics["test_size"] = evaluation_size(test_predictions.labels, data.info.num_classes)
     extra: dict[str, Any] = {}
-    if spec.eval.shapley:
+    if spec.eval.shapley and method.imbalance_undefined:
+        extra["shapley"] = {"not_computed": method.imbalance_undefined}
+    elif spec.eval.shapley:
         shapley = compute_shapley(method, model, test_loader, device, mask=spec.eval.mask)
         metrics["shapley"] = shapley.values
         metrics["imbalance"] = shapley.imbalance

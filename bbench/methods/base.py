@@ -153,6 +153,9 @@ class Method:
     # The run every balancing method is compared with (exactly one method declares it): the
     # default method, the reference of "FLOPs above" expectations and of bench's probe table.
     comparison_reference: ClassVar[bool] = False
+    # Why the Shapley imbalance metric means nothing for this method's model (e.g. one that
+    # ignores input masking), or None: the run then records the reason instead of an I.
+    imbalance_undefined: ClassVar[str | None] = None
 
     def __init__(self, params: Any, ctx: RunContext) -> None:
         self.params = params

@@ -125,7 +125,7 @@ def subset_correct_counts(method: Evaluates, model: nn.Module, loader: DataLoade
             labels = batch["label"]
             total += int(labels.numel())
             if path == "masked-passes":
-                counts += _masked_pass_counts(method, model, batch, mask, M)
+                counts += _masked_pass_counts(method, model, batch, mask)
             else:
                 features = model.encode(batch)
                 absent = (model.zero_input_features(batch) if mask == "input"
@@ -140,9 +140,11 @@ def subset_correct_counts(method: Evaluates, model: nn.Module, loader: DataLoade
     return counts, total
 
 
-def _masked_pass_counts(method: Evaluates, model: nn.Module, batch: dict, mask: Mask, M: int) -> torch.Tensor:
-    counts = torch.zeros(1 << M, dtype=torch.long)
-    labels = batch["label"]
+def masked_subset_logits(method: Evaluates, model: nn.Module, batch: dict, mask: Mask = "input"
+                         ) -> torch.Tensor:
+    """[2^M, B, K]: the fused logits with subset s present, one masked evaluation per subset."""
+    M = len(method.eval_modalities(model))
+    out = []
     for s in range(1 << M):
         present = [bool(s >> m & 1) for m in range(M)]
         if mask == "input":
@@ -150,16 +152,44 @@ def _masked_pass_counts(method: Evaluates, model: nn.Module, batch: dict, mask: 
         else:
             features = model.encode(batch)
             logits = model.head([f if p else torch.zeros_like(f) for f, p in zip(features, present)])
-        counts[s] = int((logits.argmax(1) == labels).sum())
-    return counts
+        out.append(logits)
+    return torch.stack(out)
+
+
+def stacked_subset_logits(model: MultimodalModel, features: Sequence[torch.Tensor],
+                          absent: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[2^M, B, K] from one encoding: the head once on the 2^M feature variants stacked, an
+    absent modality's features replaced by `absent[m]` (E_m(0) for input masking)."""
+    M, B = len(features), features[0].shape[0]
+    variants = [torch.cat([f if s >> m & 1 else a.expand_as(f) for s in range(1 << M)])
+                for m, (f, a) in enumerate(zip(features, absent))]
+    return model.head(variants).view(1 << M, B, -1)
+
+
+@torch.no_grad()
+def subset_logits(method: Evaluates, model: nn.Module, batch: dict, mask: Mask = "input",
+                  path: EvalPath | None = None) -> torch.Tensor:
+    """[2^M, B, K] fused eval-mode logits of every modality subset of a batch (subset s has
+    modality m present iff bit m is set): from one encoder pass when the model allows it
+    (`choose_path`), else by masked passes. AGM's per-step Shapley logits use this."""
+    path = path or choose_path(method, model)
+    with eval_mode(model):
+        if path == "masked-passes":
+            return masked_subset_logits(method, model, batch, mask)
+        features = model.encode(batch)
+        absent = (model.zero_input_features(batch) if mask == "input"
+                  else [torch.zeros_like(f[:1]) for f in features])
+        return stacked_subset_logits(model, features, absent)
+
+
+def _masked_pass_counts(method: Evaluates, model: nn.Module, batch: dict, mask: Mask) -> torch.Tensor:
+    logits = masked_subset_logits(method, model, batch, mask)
+    return (logits.argmax(-1) == batch["label"][None]).sum(1).cpu()
 
 
 def _stacked_counts(model: MultimodalModel, features: list[torch.Tensor],
                     absent: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-    M, B = len(features), labels.shape[0]
-    variants = [torch.cat([f if s >> m & 1 else a.expand_as(f) for s in range(1 << M)])
-                for m, (f, a) in enumerate(zip(features, absent))]
-    logits = model.head(variants).view(1 << M, B, -1)
+    logits = stacked_subset_logits(model, features, absent)
     return (logits.argmax(-1) == labels[None]).sum(1).cpu()
 
 
