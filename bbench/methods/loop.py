@@ -4,7 +4,8 @@ Methods are written against `TrainingLoop`; `bbench.engine.trainer.Trainer` impl
 The protocol holds what a hook may use (the model, the device, the train and validation
 splits, loaders, gradient zeroing, the NaN check, the one optimizer step) and nothing
 else, so a method cannot reach the test split, the checkpoint files or the scheduler, and
-the methods package never imports the engine (no import cycle between them).
+no method imports the Trainer (methods may use the engine's helpers, which import no method:
+no import cycle).
 """
 from __future__ import annotations
 

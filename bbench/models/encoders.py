@@ -1,6 +1,6 @@
 """Encoder registry: one module per modality mapping raw input to a feature vector h_m.
 
-Every encoder is a `StagedEncoder` (models/backbones/common.py): `out_dim` (d_m, read by
+Every encoder is a `StagedEncoder` (bbench/models/staged.py): `out_dim` (d_m, read by
 heads and methods, never hard-coded), `stages` (its sequential blocks, for methods that
 insert fusion blocks between stages) and the `enter` -> stages -> `exit` split.
 Image, audio, sequence and text backbones register here too, with the same contract.
