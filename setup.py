@@ -152,6 +152,7 @@ setup(
         "tqdm",
         "h5py>=3.0",
         "transformers>=4.30",
+        "scikit-learn>=1.3",
         "tomli>=1.1; python_version<'3.11'",
     ],
     extras_require={

@@ -114,6 +114,13 @@ CASES = [
         #   skip={("SomeMethod", "cmu_mosei"): "two-modality architecture; CMU-MOSEI has three"},
         # (methods may also declare `max_modalities` / `min_modalities`, which the grid honours).
     ),
+    # ReLearning's events (its extra passes) happen every reinit_epoch epochs (15 by default,
+    # never at epoch 0): within the CPU profiles' few epochs they must come sooner to be
+    # exercised at all (the miniatures train one epoch: two here, an event after the first).
+    refine("ReLearning-*", params={"reinit_epoch": 2}, profiles="smoke"),
+    refine("ReLearning-*", params={"reinit_epoch": 1}, overrides={"epochs": 2}, profiles="smoke",
+           exclude=("ReLearning-mfeat", "ReLearning-UCI_*")),
+    refine("ReLearning-*", params={"reinit_epoch": 10}, profiles="quick"),
     refine("LinearProbe-*", params={"probe_epochs": 5}, profiles="smoke"),
     refine("LinearProbe-*", params={"probe_epochs": 10}, profiles="quick"),
     # Floors on the embedded data (measured: smoke 0.90-0.96, fou+zer control 0.76-0.83;

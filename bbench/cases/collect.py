@@ -88,7 +88,7 @@ def expand(items: Iterable[Any], path: Path) -> Declarations:
 
 def order_methods(names: Iterable[str], per_modality: Iterable[str] = ()) -> list[str]:
     """Per-modality rows first, then the families in their one order (methods/facts.py)."""
-    from bbench.methods.registry import METHODS, methods_in_table_order
+    from bbench.methods.registry import methods_in_table_order
 
     first = set(per_modality)
     ordered = methods_in_table_order(names)

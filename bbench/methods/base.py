@@ -24,7 +24,7 @@ from bbench.config.specs import ModelSpec
 from bbench.data.base import Batch, DataInfo
 from bbench.methods.facts import Family, RunInput
 from bbench.methods.loop import StepInfo, TrainingLoop
-from bbench.models.multimodal import MultimodalModel, apply_keep, build_multimodal_model
+from bbench.models.multimodal import MultimodalModel, build_multimodal_model
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class Method:
     def forward(self, model: MultimodalModel, batch: Batch, step: StepInfo) -> ForwardOut:
         features = model.encode(batch)
         keep = batch.get("keep")
-        return ForwardOut(model, features, model.head(apply_keep(features, keep)), keep)
+        return ForwardOut(model, features, model.fuse(features, keep), keep)
 
     def loss(self, out: ForwardOut, batch: Batch, step: StepInfo) -> torch.Tensor:
         return F.cross_entropy(out.logits, batch["label"])
@@ -282,7 +282,7 @@ class Method:
         features = model.encode(batch, present)
         per_modality = ([model.unimodal_logits(features, i) for i in range(len(model.modalities))]
                         if unimodal else [])
-        return model.head(features), per_modality
+        return model.fuse(features), per_modality
 
     def eval_modalities(self, model: nn.Module) -> tuple[str, ...]:
         return tuple(model.modalities)

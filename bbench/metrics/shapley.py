@@ -151,7 +151,7 @@ def masked_subset_logits(method: Evaluates, model: nn.Module, batch: dict, mask:
             logits, _ = method.eval_logits(model, batch, present, unimodal=False)
         else:
             features = model.encode(batch)
-            logits = model.head([f if p else torch.zeros_like(f) for f, p in zip(features, present)])
+            logits = model.fuse([f if p else torch.zeros_like(f) for f, p in zip(features, present)])
         out.append(logits)
     return torch.stack(out)
 

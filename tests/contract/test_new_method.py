@@ -15,7 +15,7 @@ import pytest
 import bbench
 from bbench.report.bench import run_bench
 from bbench.report.table import comparison_table
-from bbench.runner import RunInterrupted
+from bbench.testing.resume import interrupted_and_resumed
 from tests.contract import contract_method
 
 pytest_plugins = ["pytester"]
@@ -61,15 +61,8 @@ def test_run_finds_or_trains_its_input_once_and_uses_every_hook(registered, tmp_
 def test_an_interrupted_run_resumed_ends_with_the_uninterrupted_metrics(registered, tmp_path):
     whole = bbench.run(contract_method.NAME, "mfeat", output_root=str(tmp_path), **FAST)
 
-    def interrupt_after_epoch_1(trainer, epoch, record):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(RunInterrupted) as stop:
-        bbench.run(contract_method.NAME, "mfeat", output_root=str(tmp_path),
-                   callbacks=[interrupt_after_epoch_1], **FAST)
-    assert stop.value.checkpointed == 2
-    resumed = bbench.run(resume=stop.value.run_dir)
+    resumed = interrupted_and_resumed(contract_method.NAME, "mfeat", 1,
+                                      output_root=str(tmp_path), **FAST)
     for key in ("acc", "f1", "imbalance", "shapley", "train_flops", "best_epoch", "val_acc"):
         assert resumed.metrics[key] == whole.metrics[key], key
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from bbench.cli import main
+from bbench.methods.registry import METHODS
 
 FAST = ["--epochs", "2", "--set", "dataset.options.subsample_per_class=20", "--quiet"]
 
@@ -86,12 +87,13 @@ def test_bench_prints_the_comparison_and_probe_tables(tmp_path: Path, capsys):
         assert f"| {row} " in printed, row
     assert "LinearProbe acc % (Baseline)" in printed
     bench = json.loads((out / "bench.json").read_text())
-    assert len(bench["runs"]) == 8  # 2 Unimodal, Baseline, 4 balancing methods, LinearProbe
+    # one run per registered method, Unimodal once per modality (2), LinearProbe last
+    assert len(bench["runs"]) == len(METHODS) + 1
     probe = json.loads((Path(bench["runs"][-1]) / "record.json").read_text())
     assert probe["spec"]["method"] == "LinearProbe"
     assert probe["spec"]["method_params"]["probe_epochs"] == 2
     # its inputs are the bench's own Baseline and Unimodal runs, found by spec hash, not retrained
     assert probe["inputs"]["source"] == [bench["runs"][2]]
     assert probe["inputs"]["unimodal"] == bench["runs"][:2]
-    assert len(list((out / "mfeat").iterdir())) == 8
+    assert len(list((out / "mfeat").iterdir())) == len(METHODS) + 1  # no input run trained twice
     assert (out / "table.md").read_text().count("|") > 50
