@@ -204,24 +204,28 @@ def sample_worth(metric: str, test_size: Mapping[str, Any] | None) -> SampleWort
     return None
 
 
-# Why the split-based metrics absorb one test sample (kept beside them in the baseline file).
+# Why the split-based metrics absorb two test samples (kept beside them in the baseline file).
 # Measured: an Intel Xeon (AVX-512) and an AMD EPYC gave the same smoke results except one
-# prediction on the 12-sample CREMA-D miniature split, i.e. 1/12 = 0.083 of accuracy or I,
-# which a fixed ±0.05 fails; the project's rule: a tolerance of at least one sample's worth.
-ONE_SAMPLE_WHY = ("one test prediction may flip with the CPU's floating-point paths (Intel vs "
-                  "AMD: docs/cases.md, Results across CPUs); on a 12-sample split that is 1/12 "
-                  "= 0.083 > 0.05")
+# prediction on the 12-sample CREMA-D miniature split (1/12 = 0.083 of accuracy or I, which a
+# fixed ±0.05 fails); forcing the AVX2 kernels on the Intel machine moved 2 of the 147 smoke
+# cases by two predictions (PMR-CREMAD accuracy 0 -> 2/12, ReLearning-BalancedAV 2/6 -> 4/6),
+# and ATen's scalar kernels moved 14 cases by two, none by more. The project's rule is a
+# tolerance of at least one sample's worth; two is the largest move any CPU path has shown.
+CPU_PATHS_WHY = ("test predictions may flip with the CPU's floating-point paths: one between an "
+                 "Intel Xeon and an AMD EPYC, two when the kernels are forced to AVX2 or to "
+                 "scalar code (docs/cases.md, Results across CPUs); on a 12-sample split two "
+                 "are 2/12 = 0.17 > 0.05")
 
 # Patterns (fnmatch) of the tracked metrics and their default tolerances; first match wins.
-# Accuracy, macro-F1 and I: ±0.05, or one test sample's worth on small splits (ONE_SAMPLE_WHY;
-# on the 300-sample mfeat split 1/300 is far below 0.05, so only the miniatures are loosened).
+# Accuracy, macro-F1 and I: ±0.05, or two test samples' worth on small splits (CPU_PATHS_WHY;
+# on the 300-sample mfeat split 2/300 is far below 0.05, so only the miniatures are loosened).
 # Counts are exact: FLOPs come from shapes, parameters from the model.
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "acc": Tolerance(abs=0.05, better="higher", samples=1, why=ONE_SAMPLE_WHY),
-    "f1": Tolerance(abs=0.05, better="higher", samples=1, why=ONE_SAMPLE_WHY),
-    "imbalance": Tolerance(abs=0.05, samples=1, why=ONE_SAMPLE_WHY),
-    "probe_acc_*": Tolerance(abs=0.05, better="higher", samples=1, why=ONE_SAMPLE_WHY),
-    "probe_f1_*": Tolerance(abs=0.05, better="higher", samples=1, why=ONE_SAMPLE_WHY),
+    "acc": Tolerance(abs=0.05, better="higher", samples=2, why=CPU_PATHS_WHY),
+    "f1": Tolerance(abs=0.05, better="higher", samples=2, why=CPU_PATHS_WHY),
+    "imbalance": Tolerance(abs=0.05, samples=2, why=CPU_PATHS_WHY),
+    "probe_acc_*": Tolerance(abs=0.05, better="higher", samples=2, why=CPU_PATHS_WHY),
+    "probe_f1_*": Tolerance(abs=0.05, better="higher", samples=2, why=CPU_PATHS_WHY),
     "train_flops": Tolerance(),
     "num_params": Tolerance(),
 }

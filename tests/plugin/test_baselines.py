@@ -36,7 +36,7 @@ def test_update_writes_tracked_metrics_with_tolerances(cases, baseline):
     assert set(metrics) == {"acc", "f1", "imbalance", "train_flops", "num_params"}
     assert baseline["tolerances"]["train_flops"] == {"exact": True}
     acc = dict(baseline["tolerances"]["acc"])
-    assert acc.pop("why") and acc == {"abs": 0.05, "samples": 1, "better": "higher"}
+    assert acc.pop("why") and acc == {"abs": 0.05, "samples": 2, "better": "higher"}
     # the split one sample's worth is computed from, beside the metrics
     assert baseline["cases"]["MMPareto-Syn"]["test_size"] == {"samples": 32, "classes": 4,
                                                               "min_class_support": 8}
@@ -53,13 +53,13 @@ def test_compare_passes_on_an_unchanged_baseline(cases, baseline):
 def test_an_edit_beyond_tolerance_fails_naming_case_metric_values_and_tolerance(cases, baseline):
     acc = baseline["cases"]["MMPareto-Syn"]["metrics"]["acc"]
     flops = baseline["cases"]["Baseline-Syn"]["metrics"]["train_flops"]
-    cases.edit_baseline("MMPareto-Syn", "acc", acc + 0.06)
+    cases.edit_baseline("MMPareto-Syn", "acc", acc + 0.07)
     cases.edit_baseline("Baseline-Syn", "train_flops", flops + 1)
     result = cases("--bbench-compare")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines([
-        f"MMPareto-Syn: acc regressed: observed {acc:.4f}, baseline {acc + 0.06:.4f} (difference "
-        f"-0.0600; tolerance ±0.05 absolute or 1 test sample's worth (±0.0312 of 32 samples), "
+        f"MMPareto-Syn: acc regressed: observed {acc:.4f}, baseline {acc + 0.07:.4f} (difference "
+        f"-0.0700; tolerance ±0.05 absolute or 2 test samples' worth (±0.0625 of 32 samples), "
         f"higher is better) [baselines/smoke.json]",
     ])
     result.stdout.fnmatch_lines([
@@ -103,19 +103,19 @@ def test_one_test_samples_worth_comes_from_the_baselines_split(cases, baseline):
     acc = baseline["cases"]["MMPareto-Syn"]["metrics"]["acc"]
     doc = json.loads(cases.baseline().read_text())
     doc["cases"]["MMPareto-Syn"]["test_size"] = {"samples": 5, "classes": 4, "min_class_support": 1}
-    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.2  # one sample of 5: within tolerance
-    doc["cases"]["Baseline-Syn"]["metrics"]["acc"] += 0.06  # 32 samples: 0.06 > max(0.05, 1/32)
+    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.4  # two samples of 5: within tolerance
+    doc["cases"]["Baseline-Syn"]["metrics"]["acc"] += 0.07  # 32 samples: 0.07 > max(0.05, 2/32)
     cases.baseline().write_text(json.dumps(doc))
     result = cases("--bbench-compare")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*Baseline-Syn: acc regressed:*(difference -0.0600; tolerance ±0.05 "
-                                 "absolute or 1 test sample's worth (±0.0312 of 32 samples)*"])
-    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.4  # two samples of 5: fails
+    result.stdout.fnmatch_lines(["*Baseline-Syn: acc regressed:*(difference -0.0700; tolerance ±0.05 "
+                                 "absolute or 2 test samples' worth (±0.0625 of 32 samples)*"])
+    doc["cases"]["MMPareto-Syn"]["metrics"]["acc"] = acc + 0.6  # three samples of 5: fails
     cases.baseline().write_text(json.dumps(doc))
     result = cases("--bbench-compare", "-k", "MMPareto")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*MMPareto-Syn: acc regressed:*(difference -0.4000; tolerance ±0.05 "
-                                 "absolute or 1 test sample's worth (±0.2000 of 5 samples)*"])
+    result.stdout.fnmatch_lines(["*MMPareto-Syn: acc regressed:*(difference -0.6000; tolerance ±0.05 "
+                                 "absolute or 2 test samples' worth (±0.4000 of 5 samples)*"])
 
 
 def test_missing_default_baseline_is_a_usage_error_before_any_case_trains(cases):

@@ -38,7 +38,7 @@ def test_missing_new_and_untracked_metrics():
 
 def test_tolerance_lookup_parsing_and_description():
     assert tolerance_for("probe_f1_audio", DEFAULT_TOLERANCES) == Tolerance(abs=0.05, better="higher",
-                                                                             samples=1)
+                                                                             samples=2)
     assert tolerance_for("wall_seconds", DEFAULT_TOLERANCES) is None
     parsed = parse_tolerances({"acc": {"abs": 0.1}, "train_flops": {"rel": 0.01}, "num_params": "exact"})
     assert parsed["acc"] == Tolerance(abs=0.1) and parsed["f1"] == DEFAULT_TOLERANCES["f1"]
@@ -60,13 +60,13 @@ def test_delta_message_names_case_metric_both_values_and_tolerance():
     (d,) = compare_metrics("MMPareto-CREMAD", {"acc": 0.8}, {"acc": 0.7}, DEFAULT_TOLERANCES)
     assert d.message("cases/baselines/smoke.json") == (
         "MMPareto-CREMAD: acc regressed: observed 0.7000, baseline 0.8000 (difference -0.1000; "
-        "tolerance ±0.05 absolute or 1 test sample's worth (test split size unknown: not "
+        "tolerance ±0.05 absolute or 2 test samples' worth (test split size unknown: not "
         "applied), higher is better) [cases/baselines/smoke.json]")
     (d,) = compare_metrics("MMPareto-CREMAD", {"acc": 0.8}, {"acc": 0.6}, DEFAULT_TOLERANCES,
                            test_size={"samples": 12, "classes": 6, "min_class_support": 2})
     assert d.message() == (
         "MMPareto-CREMAD: acc regressed: observed 0.6000, baseline 0.8000 (difference -0.2000; "
-        "tolerance ±0.05 absolute or 1 test sample's worth (±0.0833 of 12 samples), higher is "
+        "tolerance ±0.05 absolute or 2 test samples' worth (±0.1667 of 12 samples), higher is "
         "better)")
 
 

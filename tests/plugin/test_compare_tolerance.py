@@ -35,15 +35,15 @@ def statuses(baseline, observed, **sizes):
                                                         **sizes)}
 
 
-def test_one_sample_passes_and_two_samples_fail_on_a_twelve_sample_split():
-    assert statuses({"imbalance": 0.0}, {"imbalance": 1 / 12}, test_size=CREMAD) == {"imbalance": "ok"}
-    assert statuses({"imbalance": 0.0}, {"imbalance": 2 / 12}, test_size=CREMAD) == {
+def test_two_samples_pass_and_three_fail_on_a_twelve_sample_split():
+    assert statuses({"imbalance": 0.0}, {"imbalance": 2 / 12}, test_size=CREMAD) == {"imbalance": "ok"}
+    assert statuses({"imbalance": 0.0}, {"imbalance": 3 / 12}, test_size=CREMAD) == {
         "imbalance": "regression"}
-    assert statuses({"acc": 0.5}, {"acc": 0.5 - 1 / 12}, test_size=CREMAD) == {"acc": "ok"}
-    assert statuses({"acc": 0.5}, {"acc": 0.5 - 2 / 12}, test_size=CREMAD) == {"acc": "regression"}
-    assert statuses({"acc": 0.5}, {"acc": 0.5 + 2 / 12}, test_size=CREMAD) == {"acc": "improvement"}
-    assert statuses({"f1": 0.4}, {"f1": 0.15}, test_size=CREMAD) == {"f1": "ok"}  # 0.25 = 3/(6·2)
-    assert statuses({"f1": 0.4}, {"f1": 0.14}, test_size=CREMAD) == {"f1": "regression"}
+    assert statuses({"acc": 0.5}, {"acc": 0.5 - 2 / 12}, test_size=CREMAD) == {"acc": "ok"}
+    assert statuses({"acc": 0.5}, {"acc": 0.5 - 3 / 12}, test_size=CREMAD) == {"acc": "regression"}
+    assert statuses({"acc": 0.5}, {"acc": 0.5 + 3 / 12}, test_size=CREMAD) == {"acc": "improvement"}
+    assert statuses({"f1": 0.6}, {"f1": 0.1}, test_size=CREMAD) == {"f1": "ok"}  # 2 × 3/(6·2)
+    assert statuses({"f1": 0.6}, {"f1": 0.09}, test_size=CREMAD) == {"f1": "regression"}
     # without a known split, samples adds nothing: the ±0.05 alone
     assert statuses({"imbalance": 0.0}, {"imbalance": 1 / 12}) == {"imbalance": "regression"}
     # on a large split one sample is below ±0.05, which then applies
@@ -63,19 +63,21 @@ def test_worth_comes_from_the_baselines_split_else_the_observed_one():
 def test_describe_and_delta_message_say_the_sample_allowance():
     tol = DEFAULT_TOLERANCES["imbalance"]
     worth = sample_worth("imbalance", CREMAD)
-    assert tol.describe(worth) == "±0.05 absolute or 1 test sample's worth (±0.0833 of 12 samples)"
-    assert tol.describe() == "±0.05 absolute or 1 test sample's worth (test split size unknown: not applied)"
+    assert tol.describe(worth) == "±0.05 absolute or 2 test samples' worth (±0.1667 of 12 samples)"
+    assert tol.describe() == "±0.05 absolute or 2 test samples' worth (test split size unknown: not applied)"
+    assert Tolerance(abs=0.05, samples=1).describe(worth) == (
+        "±0.05 absolute or 1 test sample's worth (±0.0833 of 12 samples)")
     assert Tolerance(samples=2, better="higher").describe(worth) == (
         "2 test samples' worth (±0.1667 of 12 samples), higher is better")
     assert DEFAULT_TOLERANCES["f1"].describe(sample_worth("f1", CREMAD)) == (
-        "±0.05 absolute or 1 test sample's worth (±0.2500 of 12 samples: 3/(C·s), 6 classes, "
+        "±0.05 absolute or 2 test samples' worth (±0.5000 of 12 samples: 3/(C·s), 6 classes, "
         "smallest class 2), higher is better")
-    (d,) = compare_metrics("Baseline-CREMAD", {"imbalance": 0.0}, {"imbalance": 2 / 12},
+    (d,) = compare_metrics("Baseline-CREMAD", {"imbalance": 0.0}, {"imbalance": 3 / 12},
                            DEFAULT_TOLERANCES, test_size=CREMAD)
-    assert d.message() == ("Baseline-CREMAD: imbalance changed: observed 0.1667, baseline 0.0000 "
-                           "(difference +0.1667; tolerance ±0.05 absolute or 1 test sample's worth "
-                           "(±0.0833 of 12 samples))")
-    assert d.allowed == pytest.approx(1 / 12)
+    assert d.message() == ("Baseline-CREMAD: imbalance changed: observed 0.2500, baseline 0.0000 "
+                           "(difference +0.2500; tolerance ±0.05 absolute or 2 test samples' worth "
+                           "(±0.1667 of 12 samples))")
+    assert d.allowed == pytest.approx(2 / 12)
     assert type(d).from_json(json.loads(json.dumps(d.to_json()))) == d
 
 
@@ -111,7 +113,7 @@ def test_baseline_files_store_test_size_beside_the_metrics(tmp_path):
     # an old baseline without test_size: the observed session's split is used
     old = table_from_json({"schema": "bbench.baselines/1", "cases": {"B-D": {"metrics": {"imbalance": 0.0}}}})
     assert old.test_sizes == {} and compare_tables(old, session).ok
-    old.cases["B-D"]["imbalance"] = -1 / 12  # two samples away
+    old.cases["B-D"]["imbalance"] = -2 / 12  # three samples away
     assert not compare_tables(old, session).ok
 
 
