@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ def write_save(state: BBenchState) -> Path:
 def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
     """Rewrite each touched baseline: this session's passing cases, others kept, undeclared dropped."""
     from bbench.report.compare import BASELINE_SCHEMA, baseline_json, table_from_json, tracked_metrics
+    from bbench.results.files import write_json  # bbench.results imports torch: only here
 
     by_file: dict[str, list[CaseResult]] = {}
     for r in state.results.values():
@@ -84,8 +84,6 @@ def update_baselines(state: BBenchState) -> list[tuple[Path, int]]:
                                 "machine_info": machine_info(),
                                 "commit_info": commit_info(state.config.rootpath)})
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json(path, doc, "baseline file")
         written.append((path, len(results)))
     return written
