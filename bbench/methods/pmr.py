@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from bbench.config.fields import param
 from bbench.data.base import Batch
-from bbench.methods.base import ForwardOut, Method, StepInfo, StepOutput, WindowParams
+from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
 from bbench.methods.facts import Family
 from bbench.methods.loop import TrainingLoop
 from bbench.methods.registry import register_method
@@ -176,14 +176,6 @@ class PMR(Method):
         return None
 
     # -- step ------------------------------------------------------------------------------
-    def train_step(self, loop: TrainingLoop, batch: Batch, step: StepInfo) -> StepOutput:
-        if step.active and self.prototypes is None:
-            # Only when a step is driven without its epoch start (the Trainer always runs
-            # on_epoch_start first): compute the prototypes the epoch start would have.
-            self.compute_prototypes(loop.model, self.prototype_batches(loop, step.epoch),
-                                    loop.to_device)
-        return super().train_step(loop, batch, step)
-
     def loss(self, out: ForwardOut, batch: Batch, step: StepInfo) -> torch.Tensor:
         labels = batch["label"]
         ce = F.cross_entropy(out.logits, labels)

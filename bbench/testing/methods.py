@@ -37,6 +37,8 @@ def one_step(method_name: str, params: dict[str, Any], info: DataInfo, batch: di
     """One train_step of a method from a fixed initialisation; returns (trainer, step output).
 
     Gradients stay in `.grad` after the step, so callers can compare what each method wrote.
+    The method's epoch start runs first (a replacement training set it returns is not used:
+    the step is on `batch`).
     """
     ctx = RunContext(info, ModelSpec(), 0, torch.device("cpu"))
     method = build_method(method_name, params, ctx)
@@ -45,6 +47,7 @@ def one_step(method_name: str, params: dict[str, Any], info: DataInfo, batch: di
     split = TensorMultimodalDataset({m: batch[m] for m in info.modalities}, batch["label"])
     spec = TrainSpec(optimizer=OptimizerSpec(lr=lr), epochs=1, progress=False)
     trainer = Trainer(spec, TrainingData(info, split, split), method, model, count_flops=False)
+    method.on_epoch_start(trainer, epoch)  # as the Trainer does before an epoch's first step
     out = method.train_step(trainer, batch, StepInfo(epoch, 0, 1, 0, active=method.active(epoch)))
     return trainer, out
 
