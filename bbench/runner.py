@@ -208,26 +208,29 @@ def input_spec(spec: RunSpec, method: str, params: dict[str, Any]) -> RunSpec:
     return resolve_spec(method, None, params, None, base=tree)
 
 
-def find_finished(spec: RunSpec) -> RunResult | None:
-    """A finished run of exactly `spec` (equal spec hash) under its output root, if any."""
-    wanted = spec_hash(to_dict(spec))
+def finished_runs(spec: RunSpec) -> dict[str, RunResult]:
+    """The finished runs under `spec`'s output root for its dataset, by spec hash (the first
+    in name order where two share one)."""
+    found: dict[str, RunResult] = {}
     for record_path in sorted((Path(spec.output_root) / spec.dataset.name).glob(f"*/{RECORD_NAME}")):
         try:
             record = RunResult.load(record_path)
         except (OSError, ValueError) as err:
             log.warning("ignoring %s while looking for input runs: %s", record_path, err)
             continue
-        if record.extra.get("spec_hash") == wanted:
-            return record
-    return None
+        found.setdefault(record.extra.get("spec_hash"), record)
+    return found
 
 
 def resolve_inputs(spec: RunSpec, callbacks: list[Callable] | None) -> dict[str, list[RunResult]]:
     """The finished runs the method declares as `inputs`: named by a parameter, found by spec
     hash under the output root, or trained now (each once: a second run finds the first)."""
     cls = METHODS.get(spec.method)
+    if not cls.inputs:
+        return {}
     params = method_params(cls, spec.method_params)
     modalities = resolve_modalities(DATASETS.get(spec.dataset.name), spec.dataset.modalities)
+    finished: dict[str, RunResult] | None = None  # read once, when a run is first looked up
     resolved: dict[str, list[RunResult]] = {}
     for need in cls.inputs:
         named = getattr(params, need.param) if need.param else None
@@ -240,11 +243,12 @@ def resolve_inputs(spec: RunSpec, callbacks: list[Callable] | None) -> dict[str,
         runs = []
         for variant in variants:
             wanted = input_spec(spec, need.method, variant)
-            found = find_finished(wanted)
-            if found is None:
+            wanted_hash = spec_hash(to_dict(wanted))
+            finished = finished_runs(wanted) if finished is None else finished
+            if wanted_hash not in finished:
                 log.info("%s needs a %s run %s: training it", spec.method, need.method, variant or "")
-                found = execute(wanted, None, callbacks=callbacks)
-            runs.append(found)
+                finished[wanted_hash] = execute(wanted, None, callbacks=callbacks)
+            runs.append(finished[wanted_hash])
         resolved[need.name] = runs
     return resolved
 
