@@ -71,15 +71,14 @@ class MethodSettingsHelp(str):
         return self.text().splitlines(keepends)
 
     def text(self) -> str:
-        from bbench.config.fields import describe_range, fields_of
+        from bbench.config.fields import describe_range, fields_of, is_ranged
         from bbench.methods.registry import METHODS, WINDOW_ALIASES
 
         lines = ["method settings (--KEY VALUE or --set KEY=VALUE; ranges are checked before "
                  "training):"]
         for name in METHODS:
             cls = METHODS.get(name)
-            params = [describe_range(f) if any(f.metadata.get(k) is not None for k in
-                                               ("ge", "gt", "le", "lt")) else f.name
+            params = [describe_range(f) if is_ranged(f) else f.name
                       for f in fields_of(cls.Params).values()]
             aliases = [f"{a} = {t}" for a, t in {**(WINDOW_ALIASES if cls.windowed else {}),
                                                  **cls.param_aliases}.items()]

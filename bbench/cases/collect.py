@@ -105,13 +105,12 @@ def declared_inputs(cls: type) -> dict[str, Ref]:
 
 def inapplicable(cls: type, modalities: tuple[str, ...]) -> str | None:
     """Why `cls` cannot run on data with these modalities (its declared bounds), or None."""
-    most, least = cls.max_modalities, cls.min_modalities
-    m = len(modalities)
-    if most is not None and m > most:
-        return (f"{cls.name} handles at most {most} modalities; this dataset has {m} "
-                f"({', '.join(modalities)})")
-    if m < least:
-        return f"{cls.name} needs at least {least} modalities; this dataset has {m}"
+    m, fit = len(modalities), cls.modality_fit(len(modalities))
+    if fit == "too many":
+        return (f"{cls.name} handles at most {cls.max_modalities} modalities; this dataset has "
+                f"{m} ({', '.join(modalities)})")
+    if fit == "too few":
+        return f"{cls.name} needs at least {cls.min_modalities} modalities; this dataset has {m}"
     return None
 
 

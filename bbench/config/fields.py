@@ -56,12 +56,17 @@ def describe_range(field: dataclasses.Field) -> str:
     return f"{lower}{field.name}{upper}"
 
 
+def is_ranged(field: dataclasses.Field) -> bool:
+    """Whether the field declares a valid range (ge, gt, le or lt)."""
+    return any(field.metadata.get(k) is not None for k in _RANGE_KEYS)
+
+
 def check_range(owner: str, field: dataclasses.Field, value: Any) -> None:
     """Raise SpecError when a numeric `value` violates the field's declared range."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return
     m = field.metadata
-    ranged = any(m.get(k) is not None for k in _RANGE_KEYS)
+    ranged = is_ranged(field)
     bad = (
         (isinstance(value, float) and math.isnan(value))
         # inf satisfies `alpha >= 0` but no algorithm is defined there, and a record could only

@@ -154,15 +154,16 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
 def _check_modality_count(method_cls: Any, modalities: tuple[str, ...]) -> None:
     """A method outside its modality bounds would run and report a meaningless I = 0."""
     n, least, most = len(modalities), method_cls.min_modalities, method_cls.max_modalities
-    if n < least:
+    fit = method_cls.modality_fit(n)
+    if fit == "too few":
         from bbench.methods.facts import Family
         from bbench.methods.registry import METHODS
 
-        fitting = [name for name in METHODS if METHODS.get(name).min_modalities <= n
+        fitting = [name for name in METHODS if METHODS.get(name).modality_fit(n) is None
                    and METHODS.get(name).family == Family.REFERENCE]
         raise SpecError(f"{method_cls.name} needs at least {least} modalities, got {n} "
                         f"({', '.join(modalities)}): it balances modalities against each other; "
                         f"with {n} use {' or '.join(fitting)}")
-    if most is not None and n > most:
+    if fit == "too many":
         raise SpecError(f"{method_cls.name} handles at most {most} modalities, got {n} "
                         f"({', '.join(modalities)})")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -164,10 +164,27 @@ class Method:
         self.generator = torch.Generator().manual_seed(method_seed(ctx.seed, self.name))
         self.log = EpochLog()
 
+    @classmethod
+    def modality_fit(cls, n: int) -> Literal["too few", "too many"] | None:
+        """Whether `n` modalities are outside the declared bounds, and on which side."""
+        if n < cls.min_modalities:
+            return "too few"
+        if cls.max_modalities is not None and n > cls.max_modalities:
+            return "too many"
+        return None
+
+    @classmethod
+    def label_for(cls, params: Any) -> str:
+        """The run's label (directory stem, table row): the name, plus the modality for a
+        per-modality method (`Unimodal-mor`); `params` is a Params object or a mapping."""
+        if not cls.per_modality:
+            return cls.name
+        value = params[cls.per_modality] if isinstance(params, dict) else getattr(params, cls.per_modality)
+        return f"{cls.name}-{value}"
+
     def run_label(self) -> str:
         """Name stem of the run directory (and of the method's table row)."""
-        return f"{self.name}-{getattr(self.params, self.per_modality)}" if self.per_modality \
-            else self.name
+        return self.label_for(self.params)
 
     def run_procedure(self, data: Any, run_dir: Any, device: torch.device) -> dict[str, Any]:
         """For `procedure` methods: do the work and return the metrics."""

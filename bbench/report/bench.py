@@ -54,12 +54,13 @@ def plan_bench(modalities: Sequence[str], selected: Sequence[str] | None = None
         if chosen is not None and cls.family.balancing and name not in chosen:
             continue
         n = len(modalities)
-        if n < cls.min_modalities or (cls.max_modalities is not None and n > cls.max_modalities):
+        if cls.modality_fit(n) is not None:
             skipped[name] = (f"needs {cls.min_modalities} to {cls.max_modalities or 'any number of'} "
                              f"modalities; this bench has {n}")
             continue
         if cls.per_modality:
-            plan += [PlannedRun(f"{name}-{m}", name, {cls.per_modality: m}) for m in modalities]
+            plan += [PlannedRun(cls.label_for({cls.per_modality: m}), name, {cls.per_modality: m})
+                     for m in modalities]
         else:
             plan.append(PlannedRun(name, name, {}))
     return plan, skipped

@@ -26,8 +26,7 @@ def _pct(x: float | None) -> str:
 
 def row_label(r: RunResult) -> str:
     """The method, with its modality for a per-modality method (e.g. `Unimodal-mor`)."""
-    cls = METHODS.get(r.method)
-    return f"{cls.name}-{r.spec['method_params'][cls.per_modality]}" if cls.per_modality else cls.name
+    return METHODS.get(r.method).label_for(r.spec["method_params"])
 
 
 def family_of(r: RunResult) -> Family:
