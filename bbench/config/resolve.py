@@ -136,6 +136,7 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
             set_dotted(tree, _route(key, method_keys), value)
     spec = build(RunSpec, tree, "run")
     _check_modality_count(method_cls, resolve_modalities(entry, spec.dataset.modalities))
+    _check_shapley_mask(method_cls, spec.eval.mask)
     # Fail now, not mid-run, and record every setting typed and complete (defaults included,
     # BalanceMM key names mapped to bbench's).
     encoders = {name: replace(enc, type=ENCODERS.canonical(enc.type), options=to_dict(build(
@@ -149,6 +150,16 @@ def resolve_spec(method: str | None = None, dataset: str | None = None,
             build(entry.options, spec.dataset.options, f"dataset {entry.name}"))),
         model=replace(spec.model, encoders=encoders, fusion=fusion, fusion_options=to_dict(
             build(FUSIONS.get(fusion).options, spec.model.fusion_options, f"fusion {fusion}"))))
+
+
+def _check_shapley_mask(method_cls: Any, mask: str) -> None:
+    """Feature masking zeroes h_m and runs the model's own head, which is not what a method
+    with its own evaluation (e.g. an entropy-gated fusion) predicts with: its Shapley values
+    would describe another classifier. Input masking goes through the method's evaluation."""
+    if mask == "feature" and not method_cls.default_evaluation() and not method_cls.imbalance_undefined:
+        raise SpecError(f"{method_cls.name} evaluates with its own fusion, which feature masking "
+                        f"(eval.mask=feature zeroes h_m and runs the model's head) would bypass; "
+                        f"use eval.mask=input")
 
 
 def _check_modality_count(method_cls: Any, modalities: tuple[str, ...]) -> None:

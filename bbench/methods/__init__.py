@@ -1,7 +1,7 @@
 """Balancing methods: one module per method, each registering itself in METHODS."""
 from bbench.methods import (  # noqa: F401  (each import registers a method)
-    agm, baseline, linear_probe, mmpareto, modality_valuation, ogm, opm, pmr, reconboost,
-    relearning, unimodal)
+    agm, amco, baseline, greedy, linear_probe, mla, mmpareto, modality_valuation, ogm, opm, pmr,
+    reconboost, relearning, unimodal)
 from bbench.methods.base import ForwardOut, Method, StepInfo, StepOutput, WindowParams
 from bbench.methods.registry import METHODS, build_method, register_method
 

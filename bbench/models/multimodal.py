@@ -22,7 +22,7 @@ class MultimodalModel(nn.Module):
     separable: bool = True
     """Each h_m depends on x_m alone and z = head(h): a subset's input-masked prediction can be
     formed from one encoding pass (Shapley's one-pass paths). A model with cross-modal blocks
-    between encoder stages (Greedy's MMTM) sets this False, and evaluation masks by passes."""
+    between encoder stages (MMTM blocks) sets this False, and evaluation masks by passes."""
 
     def __init__(self, modalities: Sequence[str], encoders: Mapping[str, nn.Module],
                  head: FusionHead) -> None:

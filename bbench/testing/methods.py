@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from bbench.config.specs import ModelSpec, OptimizerSpec, TrainSpec
 from bbench.data.base import DataInfo, TensorMultimodalDataset
@@ -16,6 +17,19 @@ from bbench.engine.trainer import Trainer
 from bbench.methods.base import RunContext, StepOutput
 from bbench.methods.loop import StepInfo, TrainingData
 from bbench.methods.registry import build_method
+
+
+class BNEncoder(nn.Module):
+    """Linear → BatchNorm1d → ReLU: a toy encoder with buffers (running statistics), for
+    tests that a step leaves some encoder's parameters *and* buffers untouched."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 def toy_info(dims: tuple[int, ...] = (5, 3), num_classes: int = 4,

@@ -135,6 +135,9 @@ FRESH_REFUSALS = [
     *[pytest.param(["--method", m, "--modalities", "fac"],
                    f"{m} needs at least 2 modalities, got 1 (fac)", id=f"{m}-one-modality")
       for m in ("OGM", "OPM", "MMPareto", "ModalityValuation")],
+    # MLA predicts with an entropy-gated fusion: feature masking would run the plain head.
+    pytest.param(["--method", "MLA", "--set", "eval.mask=feature"],
+                 "MLA evaluates with its own fusion, which feature masking", id="feature-mask-own-fusion"),
     *[pytest.param(["--device", d], "accepted: cpu, cuda, cuda:N", id=f"device-{d}")
       for d in ("tpu", "-1", "mps")],
     pytest.param(["--method", "OGM", "--set", "alpha=inf"], "alpha=inf is out of range", id="alpha-inf"),

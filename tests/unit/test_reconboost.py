@@ -30,25 +30,13 @@ from bbench.methods.reconboost import (ReconBoost, ReconBoostModel, ReconBoostPa
 from bbench.methods.registry import METHODS, build_method, method_params
 from bbench.models.modes import eval_mode
 from bbench.testing.resume import interrupted_and_resumed
-from bbench.testing.methods import toy_batch, toy_info
+from bbench.testing.methods import BNEncoder, toy_batch, toy_info
 
 CPU = torch.device("cpu")
 NAMES = {2: ("a", "b"), 3: ("a", "b", "c")}
 DIMS = {2: (5, 3), 3: (5, 3, 4)}
 WIDTHS = {"a": 8, "b": 5, "c": 6}  # different feature widths: H pads to d_max = 8
 K = 4
-
-
-class BNEncoder(nn.Module):
-    """Linear → BatchNorm1d → ReLU: an encoder with buffers (running statistics)."""
-
-    def __init__(self, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.out_dim = out_dim
-        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def setup(M: int = 2, params: dict | None = None, bn: bool = True, n: int = 16,

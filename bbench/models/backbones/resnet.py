@@ -84,6 +84,14 @@ class ResNet18Encoder(StagedEncoder):
                     "channel(s), and only a 3-channel stem can be adapted")
         load_checked(net, state, path, "resnet18", ignore=("fc.",))
 
+    @property
+    def fusion_points(self) -> tuple[int, ...]:
+        """After layer1 … layer4 (stages 1–4); the stem is not a residual stage."""
+        return (1, 2, 3, 4)
+
+    def clip_frames(self, ctx: Any) -> int:
+        return ctx[1]
+
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return fold_time("resnet18", x, self.clip)
 

@@ -85,6 +85,13 @@ class TransformerEncoder(StagedEncoder):
         self.input_dim = input_dim
         self.out_dim = options.d_model
 
+    channel_axis = -1  # stage outputs are sequences (B, L, d_model)
+
+    @property
+    def fusion_points(self) -> tuple[int, ...]:
+        """After each Transformer layer; the input projection is not a layer."""
+        return tuple(range(1, len(self.stages)))
+
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         if x.dim() != 3 or x.shape[-1] != self.input_dim:
             raise ValueError(f"encoder transformer: expected a batch (B, L, {self.input_dim}), "

@@ -90,6 +90,12 @@ class BertEncoder(StagedEncoder):
             proj=nn.Linear(hidden, options.out_dim)))
         self.out_dim = options.out_dim
 
+    @property
+    def fusion_points(self) -> tuple[int, ...]:
+        """After the pooled BERT output (B, hidden): the BERT layers run inside one stage,
+        and dropout and the projection are not blocks."""
+        return (0,)
+
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         if x.dim() != 3 or x.shape[1] != 2:
             raise ValueError(f"encoder bert: expected a batch (B, 2, L) of ids and mask, "

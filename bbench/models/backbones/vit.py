@@ -75,6 +75,16 @@ class ViTB16Encoder(StagedEncoder):
         self.norm = vit.encoder.ln
         self.out_dim = vit.hidden_dim
 
+    channel_axis = -1  # stage outputs are token sequences (N, 197, 768)
+
+    @property
+    def fusion_points(self) -> tuple[int, ...]:
+        """After each encoder block (layer0 …); the patch embedding is not a block."""
+        return tuple(range(1, len(self.stages)))
+
+    def clip_frames(self, ctx: Any) -> int:
+        return ctx[1]
+
     def enter(self, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
         return fold_time("vit_b16", x, self.clip)
 
