@@ -27,6 +27,7 @@ from bbench.engine import checkpoint as ckpt
 from bbench.engine.checkpoint import CHECKPOINT_NAME, seed_everything
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import count_forward_flops
+from bbench.engine.selected import BEST_MODEL_NAME
 from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
 from bbench.engine.trainer import Trainer
 from bbench.methods.base import RunContext
@@ -42,7 +43,6 @@ from bbench.results.record import RECORD_NAME, RunResult, environment
 
 log = logging.getLogger("bbench")
 SPEC_NAME = "spec.json"
-BEST_MODEL_NAME = "best_model.pt"
 
 
 class RunDirectoryExistsError(FileExistsError):

@@ -1,7 +1,7 @@
 """Balancing methods: one module per method, each registering itself in METHODS."""
 from bbench.methods import (  # noqa: F401  (each import registers a method)
-    agm, amco, baseline, greedy, linear_probe, mla, mmpareto, modality_valuation, ogm, opm, pmr,
-    reconboost, relearning, unimodal)
+    agm, amco, baseline, cml, gblending, greedy, lfm, linear_probe, mbsd, mla, mmcosine, mmpareto,
+    modality_valuation, ogm, opm, pmr, reconboost, relearning, umt, unimodal)
 from bbench.methods.base import ForwardOut, Method, StepInfo, StepOutput, WindowParams
 from bbench.methods.registry import METHODS, build_method, register_method
 

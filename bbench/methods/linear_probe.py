@@ -26,9 +26,10 @@ from bbench.data.base import move_batch
 from bbench.engine.copies import fit_copy
 from bbench.engine.evaluate import eval_loader
 from bbench.engine.flops import FlopAccount
-from bbench.methods.base import Method, RunContext, method_seed
+from bbench.engine.selected import load_selected_model
+from bbench.methods.base import Method, method_seed
 from bbench.methods.facts import Family, RunInput
-from bbench.methods.registry import build_method, register_method
+from bbench.methods.registry import register_method
 from bbench.metrics.classification import accuracy, evaluation_size, macro_f1
 from bbench.results.record import RunResult
 
@@ -84,24 +85,15 @@ class LinearProbe(Method):
         metrics["test_size"] = evaluation_size(cached["test"][1], data.info.num_classes)
         return metrics
 
-    def _load_source(self, source: RunResult, device: torch.device):
+    def _load_source(self, source: RunResult, device: torch.device) -> tuple[nn.Module, Method]:
+        """The source run's frozen best-validation model and its method (§8 step 2)."""
         spec = resolve_spec(base=source.spec)
         if spec.dataset != self.ctx.run_spec.dataset:
             raise SpecError(f"LinearProbe: the source run {source.run_dir} used dataset settings "
                             f"{spec.dataset}, this run {self.ctx.run_spec.dataset}; probe on the same "
                             f"data, modalities and split")
-        info = self.ctx.info
-        method = build_method(spec.method, spec.method_params,
-                              RunContext(info, spec.model, spec.train.seed, device, spec))
-        model = method.build_model().to(device)
-        weights = source.run_dir / "best_model.pt"
-        if not weights.is_file():
-            raise FileNotFoundError(f"LinearProbe: expected the source run's weights at {weights}")
-        model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        return model, method
+        selected = load_selected_model(source, self.ctx.info, device)
+        return selected.model, selected.method
 
     @torch.no_grad()
     def _features(self, model, dataset, collate, device) -> tuple[list[torch.Tensor], torch.Tensor]:

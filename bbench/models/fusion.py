@@ -1,8 +1,9 @@
 """Fusion heads: features of all modalities -> class logits, plus per-modality logits.
 
-Every head takes the feature list in modality order. Linear (late-fusion) heads also
-expose `affine_contributions`, the per-modality logit term at given features, so that
-z = bias + Σ_m contribution_m exactly; the Shapley metric then evaluates all 2^M
+Every head takes the feature list in modality order. Additively separable (late-fusion)
+heads also expose `affine_contributions`, the per-modality logit term at given features, so
+that z = bias + Σ_m contribution_m exactly (linear heads, and the cosine head, whose terms
+are nonlinear in h_m but still one per modality); the Shapley metric then evaluates all 2^M
 modality subsets from one encoder pass (metrics.md, "One encoder pass").
 """
 from __future__ import annotations
@@ -111,6 +112,46 @@ class SharedHead(FusionHead):
 
 
 @dataclass(frozen=True)
+class CosineOptions:
+    scale: float = param(15.0, gt=0, doc="s: every per-modality logit is s times a cosine")
+
+
+class CosineHead(FusionHead):
+    """Scaled cosine logits per modality, summed: z_m[c] = s·⟨ĥ_m, ŵ_{m,c}⟩, z = Σ_m z_m.
+
+    ŵ_{m,c} is row c of W's column block m, normalised (as ĥ_m) with an eps of 1e-12, so a
+    zero feature vector gives zero logits. Normalising both sides bounds every z_m[c] by s,
+    so no modality can dominate the fused logits through the size of its features or of its
+    weights (MMCosine, methods.md §6.1). There is no bias: a bias would be the one term not
+    bounded by s, and the method does not use one. The head is additively separable, so
+    `affine_contributions` is exact (the per-modality logits at the given features, bias 0)
+    and Shapley keeps its one-pass path.
+    """
+
+    additive = True
+
+    def __init__(self, dims: Sequence[int], num_classes: int, options: CosineOptions) -> None:
+        super().__init__(dims, num_classes)
+        self.scale = options.scale
+        # Same layout (and initialisation) as the concat head's weight, without the bias.
+        self.fc = nn.Linear(sum(self.dims), num_classes, bias=False)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.affine_contributions(features)[0].sum(0)
+
+    def unimodal(self, features: Sequence[torch.Tensor], index: int) -> torch.Tensor:
+        block = torch.split(self.fc.weight, self.dims, dim=1)[index]
+        return self.scale * (nn.functional.normalize(features[index], dim=1, eps=1e-12)
+                             @ nn.functional.normalize(block, dim=1, eps=1e-12).t())
+
+    def affine_contributions(
+        self, features: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        contrib = torch.stack([self.unimodal(features, i) for i in range(len(self.dims))])
+        return contrib, self.fc.weight.new_zeros(self.num_classes)
+
+
+@dataclass(frozen=True)
 class FiLMOptions:
     hidden: int = param(128, ge=1)
     condition: int = param(0, ge=0, doc="index of the conditioning modality")
@@ -184,6 +225,7 @@ FUSIONS.add("sum", FusionEntry("sum", lambda d, k, o: SumHead(d, k), NoOptions))
 FUSIONS.add("shared", FusionEntry("shared", lambda d, k, o: SharedHead(d, k), NoOptions))
 FUSIONS.add("film", FusionEntry("film", FiLMHead, FiLMOptions))
 FUSIONS.add("gated", FusionEntry("gated", GatedHead, GatedOptions))
+FUSIONS.add("cosine", FusionEntry("cosine", CosineHead, CosineOptions))
 
 
 def build_fusion(name: str, dims: Sequence[int], num_classes: int,

@@ -6,7 +6,7 @@ from bbench.models.fusion import FUSIONS, build_fusion
 from bbench.models.multimodal import apply_keep, build_multimodal_model, check_modality_names
 from bbench.testing.methods import toy_batch, toy_info
 
-ADDITIVE = ["concat", "sum", "shared"]
+ADDITIVE = ["concat", "sum", "shared", "cosine"]
 
 
 @pytest.mark.parametrize("fusion", ADDITIVE)
@@ -71,4 +71,4 @@ def test_bad_modality_names_are_refused(bad):
 
 
 def test_fusion_registry_lists_every_kind():
-    assert set(FUSIONS) == {"concat", "sum", "shared", "film", "gated"}
+    assert set(FUSIONS) == {"concat", "sum", "shared", "film", "gated", "cosine"}
