@@ -60,8 +60,29 @@ DATASETS = [
 ]
 
 SINGLE = ("Unimodal_*", "LinearProbe-*")  # rows without a fused accuracy of all modalities
-# Methods whose imbalance falls clearly below Baseline's in the quick profile.
-SEPARATES = ("MMPareto", "OPM", "ModalityValuation")
+# Methods that by design train more slowly than the generic floors assume, with floors of
+# their own: (smoke, quick, quick on the fou+zer control). Each floor is the lowest
+# accuracy measured on the five mfeat view sets (2-core Xeon) less a margin; all of them are
+# far above chance (0.10), so a method that does not train still fails.
+# LFM: the released initialisation weighs the fused CE by kappa_cls = 0.05 (alignment 0.95) and
+#   the learnable step lr_alpha = 1e-4 barely moves it, so early epochs mostly align the
+#   unimodal predictions (measured smoke 0.29-0.73, quick 0.77-0.97).
+# Greedy: every MMTM gate starts near sigmoid(0) = 0.5 and multiplies the features after each
+#   encoder stage, which slows the first epochs (smoke 0.34-0.86, quick 0.83-0.98).
+# GBlending: the fused CE is one of M + 1 blended terms, and the first weights come from copies
+#   trained from the untrained model (smoke 0.70-0.86, quick 0.84-0.97, 0.95 on fac+fou+mor).
+# AMCo: the dependent modality's fused-path logits are masked for most of every epoch after the
+#   first (smoke 0.57-0.94, quick 0.88-0.98).
+SLOW_STARTERS: dict[str, tuple[float, float, float]] = {
+    "LFM": (0.25, 0.85, 0.7), "Greedy": (0.3, 0.95, 0.8), "GBlending": (0.65, 0.93, 0.8),
+    "AMCo": (0.5, 0.95, 0.85),
+}
+SLOW = tuple(f"{method}-*" for method in SLOW_STARTERS)
+# Methods whose imbalance falls clearly below Baseline's in the quick profile (measured on the
+# four imbalanced view sets: Baseline's I 0.29-0.59; theirs 0.03-0.43, at least 0.07 below
+# Baseline's on each set). Greedy and UMT do not (0.36-0.70 and 0.30-0.55).
+SEPARATES = ("MMPareto", "OPM", "ModalityValuation", "AMCo", "MLA", "MMCosine", "MBSD", "CML",
+             "GBlending", "LFM")
 
 
 def table2_rows() -> list[dict[str, str]]:
@@ -121,22 +142,31 @@ CASES = [
     refine("ReLearning-*", params={"reinit_epoch": 1}, overrides={"epochs": 2}, profiles="smoke",
            exclude=("ReLearning-mfeat", "ReLearning-UCI_*")),
     refine("ReLearning-*", params={"reinit_epoch": 10}, profiles="quick"),
+    # GBlending trains M + 1 copies for super_epoch epochs at each estimation (10 by default):
+    # in smoke, 2 keeps every estimation step (both scored epochs, the weights) at a fifth of
+    # the cost, and mfeat's 5 epochs then re-estimate online (epochs 0, 2, 4).
+    refine("GBlending-*", params={"super_epoch": 2}, profiles="smoke"),
     refine("LinearProbe-*", params={"probe_epochs": 5}, profiles="smoke"),
     refine("LinearProbe-*", params={"probe_epochs": 10}, profiles="quick"),
     # Floors on the embedded data (measured: smoke 0.90-0.96, fou+zer control 0.76-0.83;
-    # quick 0.96-0.99, control 0.87-0.88). Unimodal and LinearProbe rows have their own.
-    refine("*-mfeat", exclude=SINGLE, expect=[floor("acc", 0.85, profiles="smoke"),
-                                              floor("acc", 0.95, profiles="quick")]),
-    refine("*-UCI_*", exclude=(*SINGLE, "*-UCI_fou_zer"),
+    # quick 0.96-0.99, control 0.87-0.88). Unimodal and LinearProbe rows have their own, and so
+    # do the methods of SLOW_STARTERS below.
+    refine("*-mfeat", exclude=(*SINGLE, *SLOW), expect=[floor("acc", 0.85, profiles="smoke"),
+                                                         floor("acc", 0.95, profiles="quick")]),
+    refine("*-UCI_*", exclude=(*SINGLE, *SLOW, "*-UCI_fou_zer"),
            expect=[floor("acc", 0.85, profiles="smoke"), floor("acc", 0.95, profiles="quick")]),
-    refine("*-UCI_fou_zer", exclude=SINGLE, expect=[floor("acc", 0.7, profiles="smoke"),
-                                                    floor("acc", 0.85, profiles="quick")]),
+    refine("*-UCI_fou_zer", exclude=(*SINGLE, *SLOW), expect=[floor("acc", 0.7, profiles="smoke"),
+                                                               floor("acc", 0.85, profiles="quick")]),
+    *[refine(f"{method}-{data}", expect=[floor("acc", smoke, profiles="smoke"),
+                                          floor("acc", control if data == "UCI_fou_zer" else quick,
+                                                profiles="quick")])
+      for method, (smoke, quick, control) in SLOW_STARTERS.items()
+      for data in ("mfeat", "UCI_fac_fou_mor", "UCI_pix_zer", "UCI_pix_zer_mor", "UCI_fou_zer")],
     refine("Unimodal_fac-mfeat", expect=[floor("acc", 0.85, profiles="smoke"),
                                          floor("acc", 0.95, profiles="quick")]),
     refine("LinearProbe-mfeat", expect=[floor("probe_acc_fac", 0.75, profiles="smoke"),
                                         floor("probe_acc_fac", 0.9, profiles="quick")]),
-    # quick: the balancing methods separate from Baseline on the strongly imbalanced view sets
-    # (measured: Baseline's I 0.29-0.59, theirs 0.05-0.30).
+    # quick: the balancing methods separate from Baseline on the strongly imbalanced view sets.
     *[refine(f"{method}-{data}", expect=[below("imbalance", "Baseline", profiles="quick")])
       for method in SEPARATES for data in ("mfeat", "UCI_fac_fou_mor", "UCI_pix_zer", "UCI_pix_zer_mor")],
     # paper: Table 2 of the paper (ACC and macro-F1, 5 points below allowed: the paper selected
