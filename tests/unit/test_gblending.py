@@ -210,13 +210,13 @@ def test_the_copy_trains_with_a_fresh_optimizer_from_the_run_settings_at_base_lr
     real = gblending_module.fit_copy
 
     def recording(module, batches, step_loss, score, epochs, opt, **kw):
-        calls.append((id(module), opt, epochs, kw))
+        calls.append((module, opt, epochs, kw))  # the module itself: a freed copy's id is reused
         assert module is not trainer.model
         return real(module, batches, step_loss, score, epochs, opt, **kw)
 
     monkeypatch.setattr(gblending_module, "fit_copy", recording)
     trainer.method.on_epoch_start(trainer, 0)
-    assert len(calls) == 3 and len({c[0] for c in calls}) == 3  # one fresh copy per head
+    assert len(calls) == 3 and len({id(c[0]) for c in calls}) == 3  # one fresh copy per head
     for _, opt, epochs, kw in calls:
         assert opt == optimizer and epochs == 2
         assert kw["score_epochs"] == (0, 1) and kw["keep_best"] is False
