@@ -153,6 +153,8 @@ setup(
         "h5py>=3.0",
         "transformers>=4.30",
         "scikit-learn>=1.3",
+        "scipy>=1.10",       # studies: paired tests across seeds
+        "matplotlib>=3.7",   # reports: the paper's figures as PNG and SVG
         "tomli>=1.1; python_version<'3.11'",
     ],
     extras_require={

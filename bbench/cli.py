@@ -1,4 +1,5 @@
-"""Command line: `python -m bbench run | bench | list | info | prepare | datasets` (and `bbench ...`).
+"""Command line: `python -m bbench run | bench | study | report | list | info | prepare | datasets`
+(and `bbench ...`).
 
 A thin layer over the library. BalanceMM-style flags are accepted: `--trainer OGM
 --dataset CREMAD --alpha 0.5 --device 0`; any `--key value` that is not a bbench flag is
@@ -107,6 +108,58 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p_bench)
     p_bench.add_argument("--methods", help="comma-separated subset of balancing methods")
     p_bench.add_argument("--out", help="bench directory (must not exist)")
+    p_bench.add_argument("--seeds", type=int, default=1, metavar="N",
+                         help="run every row with N training seeds (--seed, --seed+1, ...) and "
+                              "print mean [95%% CI] (n) over them (default 1)")
+    p_report = sub.add_parser("report", help="tables and figures from finished run records "
+                                             "(never re-runs anything)")
+    p_report.add_argument("paths", nargs="+", metavar="STUDY_OR_RUN_DIR",
+                          help="study, bench or run directories (searched recursively for "
+                               "record.json) or record files")
+    p_report.add_argument("--out", required=True, help="report directory (must not exist or be empty)")
+    p_report.add_argument("--format", default="md,latex,csv,html",
+                          help="comma-separated formats: md, latex, csv, html (default: all)")
+    p_report.add_argument("--paper", metavar="TSV",
+                          help="the published Table 2 to print beside the measured values (default: "
+                               "cases/paper_table2.tsv of the source checkout, if present)")
+    p_report.add_argument("--no-paper", dest="no_paper", action="store_true",
+                          help="leave out the published values")
+    p_report.add_argument("--curves", metavar="METHODS",
+                          help="comma-separated methods (or row labels) whose validation curves "
+                               "are drawn, or `all` (default: the reference method and each "
+                               "dataset's best balancing method)")
+    p_report.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_study = sub.add_parser("study", help="methods × datasets × seeds (× tuning trials or a sweep) "
+                                           "as one resumable job set")
+    p_study.add_argument("--out", required=True, metavar="STUDY_DIR",
+                         help="study directory; re-running the same command there runs only "
+                              "what is not finished (interrupted jobs resume)")
+    p_study.add_argument("--config", metavar="FILE.toml",
+                         help="a study file (methods, datasets, seeds, trials, sweep, "
+                              "study_seed, epochs and a [set] table); flags override it")
+    p_study.add_argument("--methods", help="comma-separated methods, or 'all' (default): every "
+                                           "registered method that fits a dataset's modalities")
+    p_study.add_argument("--datasets", help="comma-separated datasets (default mfeat)")
+    p_study.add_argument("--seeds", metavar="N", help="replicates per configuration (default 3)")
+    p_study.add_argument("--study-seed", dest="study_seed", metavar="S",
+                         help="the seed every run seed and trial draw is derived from (default 0)")
+    p_study.add_argument("--trials", metavar="N",
+                         help="tune: N configurations per method and dataset drawn from the "
+                              "declared search spaces, selected on validation accuracy")
+    p_study.add_argument("--tune-optimizer", dest="tune_optimizer", action="store_const",
+                         const=True, help="with --trials: the reference method's learning rate "
+                                          "is tuned too (it has no hyper-parameters of its own)")
+    p_study.add_argument("--sweep", metavar="PARAM=V1,V2,...",
+                         help="run one method's parameter over a grid (the balance figure)")
+    p_study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a setting of every run, as `run --set`; METHOD.KEY=VALUE "
+                              "sets one method's runs only")
+    p_study.add_argument("--epochs", help="number of training epochs of every run")
+    p_study.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="jobs run at once, each in its own process (default 1: in this one)")
+    p_study.add_argument("--dry-run", dest="dry_run", action="store_true",
+                         help="list the jobs and their state; run and write nothing")
+    p_study.add_argument("--quiet", action="store_true", help="no progress display")
     p_list = sub.add_parser("list", help="registered methods, datasets, encoders, fusions, presets")
     p_list.add_argument("what", nargs="?", default="all",
                         choices=["all", "methods", "datasets", "encoders", "fusions", "presets"])
@@ -168,7 +221,8 @@ def summary(result) -> str:
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from bbench.report.bench import run_bench
-    from bbench.report.table import comparison_table, probe_table
+    from bbench.report.table import (comparison_table, probe_table, seeded_comparison_table,
+                                     seeded_probe_table)
 
     settings = _overrides(args, extra)
     if args.preset:
@@ -185,9 +239,14 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
                   file=sys.stderr, flush=True)
 
     methods = args.methods.split(",") if args.methods else None
-    bench = run_bench(args.dataset or "mfeat", methods, settings, args.out, on_run)
-    table, probes = comparison_table(bench), probe_table(bench)
-    print(f"\n{bench.dataset} ({', '.join(bench.modalities)}): test split, best-validation epoch\n")
+    bench = run_bench(args.dataset or "mfeat", methods, settings, args.out, on_run, seeds=args.seeds)
+    if len(bench.seeds) > 1:
+        table, probes = seeded_comparison_table(bench), seeded_probe_table(bench)
+    else:
+        table, probes = comparison_table(bench), probe_table(bench)
+    seeds = f", seeds {', '.join(map(str, bench.seeds))}" if len(bench.seeds) > 1 else ""
+    print(f"\n{bench.dataset} ({', '.join(bench.modalities)}): test split, best-validation epoch"
+          f"{seeds}\n")
     print(table)
     if probes:
         print("\nEncoder quality inside the jointly trained model (probed) vs trained alone:\n")
@@ -196,6 +255,63 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         print(f"not run: {name}: {why}")
     print(f"\nruns and records: {bench.out_dir}  ({time.perf_counter() - started:.0f}s in all)")
     (bench.out_dir / "table.md").write_text(table + "\n\n" + probes + "\n")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bbench.report.export import parse_formats
+    from bbench.report.report import PAPER_TABLE, build_report
+
+    formats = parse_formats(args.format)
+    paper = None if args.no_paper else Path(args.paper) if args.paper else PAPER_TABLE
+    if args.paper and not paper.is_file():
+        raise FileNotFoundError(f"--paper {paper}: no such file")
+    curves = args.curves.split(",") if args.curves and args.curves != "all" else args.curves or "auto"
+    result = build_report(args.paths, args.out, formats, paper=paper, curves=curves,
+                          progress=not args.quiet and sys.stderr.isatty())
+    for line in result.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    for line in result.not_drawn:
+        print(f"figure not drawn: {line}", file=sys.stderr)
+    for line in result.balance_points:
+        print(line)
+    print(f"report of {result.records} records ({len(result.skipped)} skipped): "
+          f"{len(result.tables)} tables, {len(result.figures)} figures, {len(result.files)} files in "
+          f"{result.out_dir} ({result.seconds:.1f}s)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from bbench.study.declare import declare_study
+    from bbench.study.launch import ProcessPoolLauncher, SequentialLauncher
+    from bbench.study.run import describe_plan, run_study
+
+    study = declare_study(args.config, settings=_parse_settings(args.set, []), epochs=args.epochs,
+                          methods=args.methods, datasets=args.datasets, seeds=args.seeds,
+                          study_seed=args.study_seed, trials=args.trials,
+                          tune_optimizer=args.tune_optimizer, sweep=args.sweep)
+    launcher = ProcessPoolLauncher(args.workers) if args.workers > 1 else SequentialLauncher()
+    started = time.perf_counter()
+    try:
+        outcome = run_study(study, args.out, launcher, progress=not args.quiet, dry_run=args.dry_run)
+    except KeyboardInterrupt:
+        print(f"bbench: study interrupted; re-run the same command to continue it (finished jobs "
+              f"are kept, checkpointed ones resume): {args.out}", file=sys.stderr)
+        return 130
+    if args.dry_run:
+        print(describe_plan(outcome))
+        return 0
+    for name, why in outcome.failed.items():
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    print(f"study {outcome.root}: {len(outcome.plan.jobs)} jobs, {outcome.finished_before} finished "
+          f"before, {len(outcome.launched)} launched, {len(outcome.failed)} failed "
+          f"({time.perf_counter() - started:.0f}s)")
+    if outcome.failed:
+        print("re-run the same command to retry what failed (finished jobs are kept)")
+        return 1
+    print(f"report: python -m bbench report {outcome.root} --out REPORT_DIR")
     return 0
 
 
@@ -287,6 +403,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args, extra)
         if args.command == "bench":
             return cmd_bench(args, extra)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "study":
+            return cmd_study(args)
         if args.command == "list":
             return cmd_list(args)
         if args.command == "info":

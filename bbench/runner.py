@@ -31,6 +31,7 @@ from bbench.engine.selected import BEST_MODEL_NAME
 from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
 from bbench.engine.trainer import Trainer
 from bbench.methods.base import RunContext
+from bbench.methods.facts import RunInput
 from bbench.methods.loop import TrainingData
 from bbench.methods.registry import METHODS, build_method, method_params
 from bbench.metrics.classification import evaluation_size
@@ -132,23 +133,26 @@ def new_run_dir(spec: RunSpec, label: str) -> Path:
 def run(method: str | None = None, dataset: str | None = None, *, preset: str | None = None,
         resume: str | Path | None = None,
         callbacks: list[Callable[[Trainer, int, dict[str, Any]], None]] | None = None,
-        **overrides: Any) -> RunResult:
+        evaluate_test: bool = True, **overrides: Any) -> RunResult:
     """Train `method` (default: the reference method) on `dataset` (default mfeat).
 
     Overrides are bare method hyper-parameters (`alpha=0.5`), shorthands (`epochs=3`) or
     dotted keys (`**{"train.optimizer.lr": 0.1}`); `resume=RUN_DIR` continues an
     interrupted run from its last checkpoint, with exactly its settings: a method, dataset,
     preset or override that would change them is refused (RESUME_MAY_CHANGE lists what
-    may).
+    may). `evaluate_test=False` trains and validates only: the record holds no test metrics
+    and says `validation_only` (a tuning trial, which selects on validation and must never
+    read the test split).
     """
     if resume is not None:
-        return _resume(Path(resume), method, dataset, preset, overrides, callbacks)
+        return _resume(Path(resume), method, dataset, preset, overrides, callbacks, evaluate_test)
     spec = resolve_spec(method, dataset or "mfeat", overrides, preset)
-    return execute(spec, None, resume=False, callbacks=callbacks)
+    return execute(spec, None, resume=False, callbacks=callbacks, evaluate_test=evaluate_test)
 
 
 def _resume(run_dir: Path, method: str | None, dataset: str | None, preset: str | None,
-            overrides: dict[str, Any], callbacks: list[Callable] | None) -> RunResult:
+            overrides: dict[str, Any], callbacks: list[Callable] | None,
+            evaluate_test: bool) -> RunResult:
     if "out" in overrides or "run_dir" in overrides:
         raise ResumeMismatchError("--out cannot be combined with --resume: a resumed run continues "
                                   "in its own directory")
@@ -183,7 +187,7 @@ def _resume(run_dir: Path, method: str | None, dataset: str | None, preset: str 
             f"continues that run exactly):\n  " + "\n  ".join(differences) +
             f"\nOnly these may differ on resume: {neutral}. To train with other settings, start a "
             f"new run.")
-    return execute(asked, run_dir, resume=True, callbacks=callbacks)
+    return execute(asked, run_dir, resume=True, callbacks=callbacks, evaluate_test=evaluate_test)
 
 
 def check_trainable(spec: RunSpec, data: Any, method: Any) -> None:
@@ -206,6 +210,14 @@ def input_spec(spec: RunSpec, method: str, params: dict[str, Any]) -> RunSpec:
     """The spec of a run `spec`'s method needs: same data, model, training settings and seed."""
     tree = {**to_dict(spec), "method": method, "method_params": {}, "run_dir": None}
     return resolve_spec(method, None, params, None, base=tree)
+
+
+def input_variants(need: RunInput, modalities: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The method parameters of each run an input declaration asks for: one run, or one per
+    modality with its modality parameter set."""
+    if need.per_modality:
+        return [{**need.params, need.modality_param: m} for m in modalities]
+    return [dict(need.params)]
 
 
 def finished_runs(spec: RunSpec) -> dict[str, RunResult]:
@@ -238,10 +250,8 @@ def resolve_inputs(spec: RunSpec, callbacks: list[Callable] | None) -> dict[str,
             paths = [named] if isinstance(named, (str, Path)) else list(named)
             resolved[need.name] = [RunResult.load(path) for path in paths]
             continue
-        variants = ([{**need.params, need.modality_param: m} for m in modalities]
-                    if need.per_modality else [dict(need.params)])
         runs = []
-        for variant in variants:
+        for variant in input_variants(need, modalities):
             wanted = input_spec(spec, need.method, variant)
             wanted_hash = spec_hash(to_dict(wanted))
             finished = finished_runs(wanted) if finished is None else finished
@@ -254,7 +264,8 @@ def resolve_inputs(spec: RunSpec, callbacks: list[Callable] | None) -> dict[str,
 
 
 def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
-            callbacks: list[Callable] | None = None) -> RunResult:
+            callbacks: list[Callable] | None = None, evaluate_test: bool = True) -> RunResult:
+    """Run a resolved spec in `run_dir` (None: a fresh directory; see `run`)."""
     inputs = resolve_inputs(spec, callbacks)
     seed_everything(spec.train.seed)
     device = resolve_device(spec.train.device)
@@ -273,7 +284,8 @@ def execute(spec: RunSpec, run_dir: Path | None, resume: bool = False,
         if fresh:
             write_json(run_dir / SPEC_NAME, to_dict(spec), "run spec")
         try:
-            return _execute_locked(spec, data, method, run_dir, device, resume, identity, callbacks)
+            return _execute_locked(spec, data, method, run_dir, device, resume, identity, callbacks,
+                                   evaluate_test)
         except RunInterrupted:
             raise
         except KeyboardInterrupt:
@@ -287,17 +299,20 @@ def _checkpointed(run_dir: Path) -> int:
 
 
 def _execute_locked(spec: RunSpec, data: Any, method: Any, run_dir: Path, device: torch.device,
-                    resume: bool, identity: dict[str, Any], callbacks: list[Callable] | None
-                    ) -> RunResult:
+                    resume: bool, identity: dict[str, Any], callbacks: list[Callable] | None,
+                    evaluate_test: bool) -> RunResult:
     _keep_split_lists(data, run_dir)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
+    if method.procedure and not evaluate_test:
+        raise SpecError(f"{spec.method} is an evaluation procedure: its result is measured on the "
+                        f"test split, so it has no validation-only form")
     if method.procedure:
         metrics, extra, history = method.run_procedure(data, run_dir, device), {}, []
     else:
         metrics, extra, history = _train_and_evaluate(spec, data, method, run_dir, device,
-                                                      resume, identity, callbacks)
+                                                      resume, identity, callbacks, evaluate_test)
     metrics["wall_seconds"] = time.perf_counter() - started
     metrics["peak_memory_bytes"] = _peak_memory(device)
     extra["spec_hash"] = identity["hash"]
@@ -328,7 +343,7 @@ def verified_checkpoint(run_dir: Path, identity: dict[str, Any], device: torch.d
 
 
 def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torch.device,
-                        resume: bool, identity: dict[str, Any], callbacks
+                        resume: bool, identity: dict[str, Any], callbacks, evaluate_test: bool
                         ) -> tuple[dict[str, Any], dict[str, Any], list]:
     # Verified before anything is opened in the run directory: a refused resume adds no file.
     state = verified_checkpoint(run_dir, identity, device) if resume else None
@@ -358,6 +373,30 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
     atomic_write(run_dir / BEST_MODEL_NAME, lambda tmp: torch.save(fit.best_state, tmp),
                  "selected weights")
 
+    metrics, extra = (evaluate_on_test(spec, data, method, model, device) if evaluate_test
+                      else ({}, {"validation_only": True}))
+    metrics.update({
+        "train_flops": fit.train_flops,
+        "train_flops_by_region": fit.flops_by_region,
+        "train_flops_mode": spec.train.flops,
+        "train_flops_estimated": fit.flops_estimated,
+        "train_seconds": fit.train_seconds,
+        "train_samples": fit.samples_seen,
+        "train_steps": fit.steps,
+        "samples_per_second": fit.samples_seen / fit.train_seconds if fit.train_seconds else 0.0,
+        "best_epoch": fit.best_epoch,
+        "val_acc": fit.best_val.get("acc"),
+        "val_loss": fit.best_val.get("loss"),
+        "num_params": sum(p.numel() for p in model.parameters()),
+        **({"active_epochs": method.active_epochs(spec.train.epochs)} if method.windowed else {}),
+        **forward_flops(method, model, data, device),
+    })
+    return metrics, extra, fit.history
+
+
+def evaluate_on_test(spec: RunSpec, data, method, model, device: torch.device
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The one read of the test split (architecture principle 5): accuracy, F1, Shapley, I."""
     eval_started = time.perf_counter()
     test_loader = eval_loader(data.test, spec.eval.batch_size, data.collate, spec.train.num_workers)
     test_predictions = predict(method, model, test_loader, device)
@@ -370,25 +409,13 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         shapley = compute_shapley(method, model, test_loader, device, mask=spec.eval.mask)
         metrics["shapley"] = shapley.values
         metrics["imbalance"] = shapley.imbalance
+        # v(S) for every S: the test accuracy with the other modalities missing, which the
+        # robustness table reports; the counts are the ones Shapley just computed.
+        metrics["subset_acc"] = shapley.subset_accuracy
         extra["shapley"] = {"subset_accuracy": shapley.subset_accuracy, "path": shapley.path,
                             "mask": spec.eval.mask, "samples": shapley.samples}
     metrics["eval_seconds"] = time.perf_counter() - eval_started
-    metrics.update({
-        "train_flops": fit.train_flops,
-        "train_flops_by_region": fit.flops_by_region,
-        "train_flops_mode": spec.train.flops,
-        "train_flops_estimated": fit.flops_estimated,
-        "train_seconds": fit.train_seconds,
-        "train_samples": fit.samples_seen,
-        "train_steps": fit.steps,
-        "samples_per_second": fit.samples_seen / fit.train_seconds if fit.train_seconds else 0.0,
-        "best_epoch": fit.best_epoch,
-        "val_acc": fit.best_val.get("acc"),
-        "num_params": sum(p.numel() for p in model.parameters()),
-        **({"active_epochs": method.active_epochs(spec.train.epochs)} if method.windowed else {}),
-        **forward_flops(method, model, data, device),
-    })
-    return metrics, extra, fit.history
+    return metrics, extra
 
 
 @torch.no_grad()

@@ -6,13 +6,20 @@ field metadata. `build` turns plain data (a preset file, CLI strings, keyword ar
 into such a dataclass, coercing strings to the declared type, rejecting unknown keys with
 close-match suggestions and out-of-range values with a message that names the owner, the
 field, the value and what is allowed -- before any work starts.
+
+A tunable hyper-parameter also declares its search space next to its range
+(`param(0.3, ge=0, search=LogUniform(0.05, 2.0))`), so that equal-budget tuning
+(`bbench study --trials N`) draws every method's configurations from spaces its author
+chose, and `search_spaces` checks each space against the range it must stay inside.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Literal, Mapping, TypeVar, Union
 
 from bbench.registry import suggest
@@ -26,6 +33,102 @@ class SpecError(ValueError):
     """A value in a spec is of the wrong type, out of range or unknown."""
 
 
+SIGNIFICANT_DIGITS = 4
+"""Digits a sampled real value keeps: a selected configuration printed in a report is then
+exactly the one that ran, and can be passed back with --set as printed."""
+
+
+def _rounded(value: float, lo: float, hi: float) -> float:
+    return min(max(float(f"{value:.{SIGNIFICANT_DIGITS}g}"), lo), hi)
+
+
+@dataclass(frozen=True)
+class LogUniform:
+    """Log-uniform on [lo, hi]: for strengths whose plausible values span orders of magnitude
+    (α, γ, λ), where a uniform draw would almost never try the small ones."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lo < self.hi:
+            raise SpecError(f"log-uniform search space needs 0 < lo < hi, got ({self.lo}, {self.hi})")
+
+    def sample(self, rng: random.Random) -> float:
+        return _rounded(math.exp(rng.uniform(math.log(self.lo), math.log(self.hi))), self.lo, self.hi)
+
+    def extremes(self) -> tuple[Any, ...]:
+        return self.lo, self.hi
+
+    def __str__(self) -> str:
+        return f"log-uniform({self.lo:g}, {self.hi:g})"
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Uniform on [lo, hi]: for bounded settings such as probabilities and thresholds."""
+
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if not self.lo < self.hi:
+            raise SpecError(f"uniform search space needs lo < hi, got ({self.lo}, {self.hi})")
+
+    def sample(self, rng: random.Random) -> float:
+        return _rounded(rng.uniform(self.lo, self.hi), self.lo, self.hi)
+
+    def extremes(self) -> tuple[Any, ...]:
+        return self.lo, self.hi
+
+    def __str__(self) -> str:
+        return f"uniform({self.lo:g}, {self.hi:g})"
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Every integer in [lo, hi] (both included), equally likely."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.lo, int) and isinstance(self.hi, int) and self.lo < self.hi):
+            raise SpecError(f"integer search space needs integers lo < hi, got ({self.lo}, {self.hi})")
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randint(self.lo, self.hi)
+
+    def extremes(self) -> tuple[Any, ...]:
+        return self.lo, self.hi
+
+    def __str__(self) -> str:
+        return f"integers {self.lo}..{self.hi}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few named options (a variant, a mode), equally likely."""
+
+    options: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.options) < 2:
+            raise SpecError(f"choice search space needs at least two options, got {self.options!r}")
+
+    def sample(self, rng: random.Random) -> Any:
+        return self.options[rng.randrange(len(self.options))]
+
+    def extremes(self) -> tuple[Any, ...]:
+        return tuple(self.options)
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(str(o) for o in self.options)
+
+
+SearchSpace = Union[LogUniform, Uniform, IntRange, Choice]
+
+
 def param(
     default: Any = dataclasses.MISSING,
     *,
@@ -34,10 +137,12 @@ def param(
     le: float | None = None,
     lt: float | None = None,
     doc: str = "",
+    search: SearchSpace | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A dataclass field with a documented valid range (inclusive `ge`/`le`, strict `gt`/`lt`)."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+    """A dataclass field with a documented valid range (inclusive `ge`/`le`, strict `gt`/`lt`)
+    and, for a tunable hyper-parameter, the space tuning draws it from."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc, "search": search}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -80,6 +185,40 @@ def check_range(owner: str, field: dataclasses.Field, value: Any) -> None:
     if bad:
         need = describe_range(field) + (" and a finite value" if ranged else "")
         raise SpecError(f"{owner}: {field.name}={value!r} is out of range; need {need}")
+
+
+def search_spaces(cls: type, owner: str) -> dict[str, SearchSpace]:
+    """The declared search space of every tunable field of `cls`, by field name.
+
+    Each space's extremes (bounds, or every option) must satisfy the field's own range and
+    type, so that no draw can be refused after the trial has been planned.
+    """
+    spaces: dict[str, SearchSpace] = {}
+    hints = hints_of(cls)
+    for name, field in fields_of(cls).items():
+        space = field.metadata.get("search")
+        if space is None:
+            continue
+        for value in space.extremes():
+            coerce(value, hints[name], owner, name)
+            try:
+                check_range(owner, field, value)
+            except SpecError:
+                raise SpecError(f"{owner}: the search space {space} of {name} leaves its valid "
+                                f"range {describe_range(field)}") from None
+        spaces[name] = space
+    return spaces
+
+
+def sample_configuration(spaces: Mapping[str, SearchSpace], rng: random.Random) -> dict[str, Any]:
+    """One draw from every space, in name order (so a configuration depends on the spaces and
+    the generator only, not on declaration order)."""
+    return {name: spaces[name].sample(rng) for name in sorted(spaces)}
+
+
+def describe_spaces(spaces: Mapping[str, SearchSpace]) -> dict[str, str]:
+    """Spaces as readable text (`alpha: log-uniform(0.05, 2)`), for study files and reports."""
+    return {name: str(space) for name, space in sorted(spaces.items())}
 
 
 def fields_of(cls: type) -> dict[str, dataclasses.Field]:

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 
 DEVICE_FORM = re.compile(r"cpu|cuda(:\d+)?|\d+")
 DEVICE_FORMS = "cpu, cuda, cuda:N (N = 0, 1, ...), or a bare GPU index N as BalanceMM's --device 0"
@@ -22,7 +22,7 @@ class OptimizerSpec:
     """Optimizer of the run's model (all trainable parameters, method extras included)."""
 
     type: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = param(0.01, gt=0)
+    lr: float = param(0.01, gt=0, search=LogUniform(1e-4, 1e-1))  # tuned on request only
     momentum: float = param(0.9, ge=0, lt=1, doc="SGD only")
     weight_decay: float = param(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bbench import ops
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams, encoder_weight_tensors
 from bbench.methods.facts import Family
 from bbench.methods.loop import TrainingLoop
@@ -34,7 +34,7 @@ SCORE_CAP = 18.4207
 
 @dataclass(frozen=True)
 class AGMParams(WindowParams):
-    alpha: float = param(0.1, ge=0)
+    alpha: float = param(0.1, ge=0, search=LogUniform(0.01, 1.0))
     cap: float = param(7.0, gt=0, doc="upper bound of r̂ − r inside the exponent")
     clip: float = param(5.0, ge=0, doc="head-gradient threshold and global max norm; 0 disables")
     start: int = param(0, ge=0)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import SpecError, Uniform, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, RunContext, StepInfo, WindowParams
 from bbench.methods.facts import Family
@@ -48,9 +48,11 @@ NAME = "AMCo"
 
 @dataclass(frozen=True)
 class AMCoParams(WindowParams):
-    sigma: float = param(0.5, gt=0, doc="dependence threshold on a modality's softmax share "
-                                        "(sigma >= 1 disables masking)")
-    eps: float = param(0.3, gt=0, doc="ramp level at which the mask probability reaches 1")
+    sigma: float = param(0.5, gt=0, search=Uniform(0.1, 0.9),
+                         doc="dependence threshold on a modality's softmax share "
+                             "(sigma >= 1 disables masking)")
+    eps: float = param(0.3, gt=0, search=Uniform(0.1, 1.0),
+                       doc="ramp level at which the mask probability reaches 1")
     ramp: float = param(0.1, ge=0, doc="ramp increment per step, times the epoch index")
 
 

@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, RunContext, StepInfo, WindowParams
 from bbench.methods.facts import Family
@@ -43,7 +43,8 @@ from bbench.models.multimodal import MultimodalModel
 
 @dataclass(frozen=True)
 class CMLParams(WindowParams):
-    lam: float = param(0.1, ge=0, doc="λ: weight of the calibration terms Σ_j C_j")
+    lam: float = param(0.1, ge=0, search=LogUniform(0.01, 1.0),
+                       doc="λ: weight of the calibration terms Σ_j C_j")
 
 
 def partial_logits(head: FusionHead, features: Sequence[torch.Tensor], logits: torch.Tensor,

@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, RunContext, StepInfo, WindowParams
 from bbench.methods.facts import Family
@@ -41,7 +41,8 @@ from bbench.models.multimodal import build_multimodal_model
 
 @dataclass(frozen=True)
 class GreedyParams(WindowParams):
-    alpha: float = param(0.001, ge=0, doc="ε: curation starts when max_m |d_m| > alpha")
+    alpha: float = param(0.001, ge=0, search=LogUniform(1e-4, 1e-2),
+                         doc="ε: curation starts when max_m |d_m| > alpha")
     window_size: int = param(5, ge=1, doc="curated steps after each trigger")
     ratio: int = param(4, ge=1, doc="MMTM reduction: ⌊2 Σ_m C_m / ratio⌋ squeeze units")
 

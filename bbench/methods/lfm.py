@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, RunContext, StepInfo, WindowParams
 from bbench.methods.facts import Family
@@ -54,7 +54,8 @@ LR_HALVING_PERIOD = 20   # η halves at every active epoch e > 0 with e mod 20 =
 @dataclass(frozen=True)
 class LFMParams(WindowParams):
     schedule: Literal["learnable", "fitted"] = "learnable"
-    lr_alpha: float = param(1e-4, gt=0, doc="η: step size of the learnable κ_align update")
+    lr_alpha: float = param(1e-4, gt=0, search=LogUniform(1e-5, 1e-3),
+                            doc="η: step size of the learnable κ_align update")
     kappa_align_init: float = param(0.95, ge=KAPPA_MIN, le=KAPPA_MAX,
                                     doc="κ_align before the first learnable update")
     alpha_samples: int = param(8, ge=1, doc="size of V_α: the first validation samples")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, StepInfo
 from bbench.methods.facts import Family
@@ -33,8 +33,9 @@ NAME = "MMCosine"
 
 @dataclass(frozen=True)
 class MMCosineParams:
-    scale: float = param(15.0, gt=0, doc="s: every per-modality logit is s times a cosine "
-                                         "(BalanceMM 15, original 10)")
+    scale: float = param(15.0, gt=0, search=LogUniform(5.0, 30.0),
+                         doc="s: every per-modality logit is s times a cosine "
+                             "(BalanceMM 15, original 10)")
 
 
 @register_method()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
 from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
@@ -19,7 +19,7 @@ from bbench.methods.registry import register_method
 
 @dataclass(frozen=True)
 class MMParetoParams(WindowParams):
-    gamma: float = param(1.5, gt=0)
+    gamma: float = param(1.5, gt=0, search=LogUniform(0.5, 4.0))
 
 
 def pareto_weights(g_mm: torch.Tensor, g_m: torch.Tensor

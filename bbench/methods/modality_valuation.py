@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bbench import ops
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 from bbench.data.base import KeepMaskDataset
 from bbench.methods.base import Method, WindowParams
 from bbench.methods.facts import Family
@@ -28,7 +28,7 @@ from bbench.models.modes import eval_mode
 @dataclass(frozen=True)
 class ModalityValuationParams(WindowParams):
     level: Literal["sample", "modality"] = "modality"
-    alpha: float = param(1.0, ge=0)
+    alpha: float = param(1.0, ge=0, search=LogUniform(0.1, 10.0))
     part_ratio: float = param(0.2, gt=0, le=1)
     start: int = param(1, ge=0)
     end: int = param(80, ge=0)

@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 
 from bbench import ops
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams, encoder_weight_tensors
 from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
@@ -20,7 +20,7 @@ from bbench.methods.registry import register_method
 
 @dataclass(frozen=True)
 class OGMParams(WindowParams):
-    alpha: float = param(0.3, ge=0)
+    alpha: float = param(0.3, ge=0, search=LogUniform(0.05, 2.0))
     variant: Literal["OGM", "OGM_GE"] = "OGM_GE"
     start: int = param(10, ge=0)
     end: int = param(80, ge=0)

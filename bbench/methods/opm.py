@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, Uniform, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
 from bbench.methods.facts import Family
 from bbench.methods.registry import register_method
@@ -20,8 +20,8 @@ from bbench.methods.registry import register_method
 
 @dataclass(frozen=True)
 class OPMParams(WindowParams):
-    q_base: float = param(0.4, ge=0, le=1)
-    alpha: float = param(0.5, ge=0)
+    q_base: float = param(0.4, ge=0, le=1, search=Uniform(0.1, 0.9))
+    alpha: float = param(0.5, ge=0, search=LogUniform(0.05, 2.0))
     p_exe: float = param(0.7, ge=0, le=1)
 
 

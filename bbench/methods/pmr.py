@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from bbench.config.fields import param
+from bbench.config.fields import LogUniform, param
 from bbench.data.base import Batch
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
 from bbench.methods.facts import Family
@@ -31,7 +31,8 @@ from bbench.models.multimodal import MultimodalModel
 
 @dataclass(frozen=True)
 class PMRParams(WindowParams):
-    alpha: float = param(0.6, ge=0, doc="weight β of the prototype CE of a weaker modality")
+    alpha: float = param(0.6, ge=0, search=LogUniform(0.05, 2.0),
+                         doc="weight β of the prototype CE of a weaker modality")
     momentum_coef: float = param(0.5, ge=0, lt=1, doc="μ: weight of the previous prototypes")
     proto_fraction: float = param(0.1, gt=0, le=1,
                                   doc="share of the training batches the prototype pass reads")

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, StepOutput, WindowParams
 from bbench.methods.facts import Family
 from bbench.methods.loop import TrainingLoop
@@ -45,7 +45,8 @@ class ReconBoostParams(WindowParams):
     correct_epochs: int = param(1, ge=0, doc="ensemble-correction passes after each stage")
     weight1: float = param(5.0, gt=0, doc="w1 of the stage weight (w1 - w2 q_y)/K")
     weight2: float = param(1.0, ge=0, doc="w2 of the stage weight; 0 <= weight2 <= weight1")
-    boost_init: float = param(0.01, gt=0, doc="initial boost rate beta")
+    boost_init: float = param(0.01, gt=0, search=LogUniform(1e-3, 0.1),
+                              doc="initial boost rate beta")
     T_epochs: Optional[int] = param(None, ge=1, doc="BalanceMM's T_epochs: sets both stage_epochs "
                                                     "and correct_epochs")
 

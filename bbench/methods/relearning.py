@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from bbench.config.fields import SpecError, param
+from bbench.config.fields import LogUniform, SpecError, param
 from bbench.methods.base import Method, RunContext, WindowParams
 from bbench.methods.facts import Family
 from bbench.methods.loop import TrainingLoop
@@ -37,7 +37,8 @@ _ALPHA_MAX = math.nextafter(1.0, 0.0)
 
 @dataclass(frozen=True)
 class ReLearningParams(WindowParams):
-    move_lambda: float = param(3.0, ge=0, doc="λ: α_m = tanh(λ · purity gap of m)")
+    move_lambda: float = param(3.0, ge=0, search=LogUniform(0.3, 10.0),
+                               doc="λ: α_m = tanh(λ · purity gap of m)")
     reinit_epoch: int = param(15, ge=1, doc="events end the epochs that are multiples of this")
     reinit_num: int = param(2, ge=0, doc="at most this many events in a run")
     start: int = param(0, ge=0)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bbench.config.fields import SpecError, param, to_dict
+from bbench.config.fields import LogUniform, SpecError, param, to_dict
 from bbench.data.base import Batch
 from bbench.engine.selected import load_selected_model
 from bbench.methods.base import ForwardOut, Method, RunContext, StepInfo, WindowParams
@@ -46,7 +46,8 @@ TEACHER_METHOD = "Unimodal"
 
 @dataclass(frozen=True)
 class UMTParams(WindowParams):
-    scaling: float = param(10.0, ge=0, doc="λ: weight of the summed per-modality feature MSE")
+    scaling: float = param(10.0, ge=0, search=LogUniform(1.0, 100.0),
+                           doc="λ: weight of the summed per-modality feature MSE")
     teacher_runs: tuple[str, ...] = param((), doc="Unimodal runs whose encoders are the teachers, "
                                                   "one per modality (default: found or trained)")
 

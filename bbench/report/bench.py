@@ -28,6 +28,7 @@ class BenchResult:
     runs: list[RunResult] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # method -> why it did not run
     out_dir: Path | None = None
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -81,13 +82,20 @@ def split_overrides(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[
 
 def run_bench(dataset: str, methods: Sequence[str] | None = None,
               overrides: Mapping[str, Any] | None = None, out_dir: str | Path | None = None,
-              on_run: Callable[[int, int, str, RunResult | None, float], None] | None = None
-              ) -> BenchResult:
+              on_run: Callable[[int, int, str, RunResult | None, float], None] | None = None,
+              seeds: int = 1) -> BenchResult:
     """Run the whole comparison; `on_run(i, n, label, result, seconds)` reports progress.
 
     An override key `Method.key` applies to that method's runs only (e.g.
-    `LinearProbe.probe_epochs`); every other override applies to all runs.
+    `LinearProbe.probe_epochs`); every other override applies to all runs. With `seeds`
+    N > 1 the whole plan runs N times, with training seeds s, s+1, ..., s+N-1 where s is the
+    run seed (`--seed`, default the preset's): consecutive seeds, so a bench with more seeds
+    extends one with fewer, and every method sees the same seeds (the pairing the paired
+    statistics rely on). Each seed's plan runs in full before the next, so an input run
+    (LinearProbe's Baseline) of the same seed already exists when it is needed.
     """
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     overrides, per_method = split_overrides(overrides or {})
     base = resolve_spec(reference_method(), dataset, overrides)
     entry = DATASETS.get(base.dataset.name)
@@ -96,17 +104,22 @@ def run_bench(dataset: str, methods: Sequence[str] | None = None,
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"bench directory {root} already holds results; choose another --out")
     plan, skipped = plan_bench(modalities, methods)
-    result = BenchResult(entry.name, modalities, skipped=skipped, out_dir=root)
-    for i, planned in enumerate(plan):
+    seed_list = tuple(base.train.seed + i for i in range(seeds))
+    common = {k: v for k, v in overrides.items() if k not in ("seed", "train.seed")}
+    result = BenchResult(entry.name, modalities, skipped=skipped, out_dir=root, seeds=seed_list)
+    jobs = [(seed, planned) for seed in seed_list for planned in plan]
+    for i, (seed, planned) in enumerate(jobs):
+        label = planned.label if seeds == 1 else f"{planned.label} (seed {seed})"
         started = time.perf_counter()
         if on_run:
-            on_run(i, len(plan), planned.label, None, 0.0)
-        record = run(planned.method, entry.name, **{**overrides, **per_method.get(planned.method, {}),
-                                                    **planned.params, "output_root": str(root)})
+            on_run(i, len(jobs), label, None, 0.0)
+        record = run(planned.method, entry.name, **{**common, **per_method.get(planned.method, {}),
+                                                    **planned.params, "seed": seed,
+                                                    "output_root": str(root)})
         result.runs.append(record)
         if on_run:
-            on_run(i, len(plan), planned.label, record, time.perf_counter() - started)
+            on_run(i, len(jobs), label, record, time.perf_counter() - started)
     write_json(root / "bench.json", {
-        "dataset": entry.name, "modalities": list(modalities),
+        "dataset": entry.name, "modalities": list(modalities), "seeds": list(seed_list),
         "runs": [str(r.run_dir) for r in result.runs], "skipped": skipped}, "bench index")
     return result
