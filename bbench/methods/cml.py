@@ -94,7 +94,7 @@ class CML(Method):
 
     def build_model(self) -> MultimodalModel:
         model = super().build_model()
-        if type(model.head).affine_contributions is FusionHead.affine_contributions:
+        if not type(model.head).has_contributions():
             raise SpecError(f"CML: fusion {self.ctx.model_spec.fusion!r} mixes the modalities "
                             f"inside the head; removing a modality's term W_m h_m needs a head "
                             f"with one additive term per modality (concat, sum, shared)")

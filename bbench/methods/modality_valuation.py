@@ -21,7 +21,6 @@ from bbench.methods.facts import Family
 from bbench.methods.loop import TrainingLoop
 from bbench.methods.registry import register_method
 from bbench.metrics.shapley import shapley_tensor
-from bbench.models.fusion import FusionHead
 from bbench.models.modes import eval_mode
 
 
@@ -61,7 +60,7 @@ class ModalityValuation(Method):
 
     def build_model(self):
         model = super().build_model()
-        if type(model.head).affine_contributions is FusionHead.affine_contributions:
+        if not type(model.head).has_contributions():
             raise SpecError(f"ModalityValuation: fusion {self.ctx.model_spec.fusion!r} is not a "
                             f"linear late-fusion head; valuation needs concat, sum or shared")
         return model

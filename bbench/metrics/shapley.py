@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 from bbench import ops
 from bbench.data.base import move_batch
 from bbench.engine.evaluate import Evaluates
-from bbench.models.fusion import FusionHead
 from bbench.models.modes import eval_mode
 from bbench.models.multimodal import MultimodalModel
 
@@ -107,7 +106,7 @@ def choose_path(method: Evaluates, model: nn.Module) -> EvalPath:
 
 
 def _is_linear(model: MultimodalModel) -> bool:
-    return type(model.head).affine_contributions is not FusionHead.affine_contributions
+    return type(model.head).has_contributions()
 
 
 @torch.no_grad()

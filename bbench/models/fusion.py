@@ -39,6 +39,12 @@ class FusionHead(nn.Module):
         """(contrib [M, N, K], bias [K]) with logits = bias + Σ_m contrib[m], or None if nonlinear."""
         return None
 
+    @classmethod
+    def has_contributions(cls) -> bool:
+        """Whether the head implements `affine_contributions`: one additive logit term per
+        modality (Shapley's one-pass path, modality valuation and CML's removals need it)."""
+        return cls.affine_contributions is not FusionHead.affine_contributions
+
 
 class ConcatHead(FusionHead):
     """z = W [h_1; …; h_M] + b; z_m = W_m h_m + b/M, so Σ_m z_m = z (methods.md §1.1)."""
