@@ -29,6 +29,7 @@ from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.flops import count_forward_flops
 from bbench.engine.selected import BEST_MODEL_NAME
 from bbench.engine.tensorboard import TensorBoardLogger, tensorboard_available
+from bbench.engine.fast_path import FastPath
 from bbench.engine.trainer import Trainer
 from bbench.methods.base import RunContext
 from bbench.methods.facts import RunInput
@@ -72,7 +73,8 @@ class RunInterrupted(KeyboardInterrupt):
                     f"run would. Continue with:\n  python -m bbench run --resume "
                     f"{shlex.quote(str(self.run_dir))}")
         return (f"interrupted {where} in {self.run_dir}; no checkpoint had been written yet (one "
-                f"is written after each epoch unless train.checkpoint_every = 0), so there is "
+                f"is written after an epoch once train.checkpoint_seconds of training have passed, "
+                f"and after the last; never with train.checkpoint_every = 0), so there is "
                 f"nothing to resume: start the run again")
 
 
@@ -319,7 +321,8 @@ def _execute_locked(spec: RunSpec, data: Any, method: Any, run_dir: Path, device
     if method.ctx.inputs:
         extra["inputs"] = {name: [str(r.run_dir) for r in runs]
                            for name, runs in method.ctx.inputs.items()}
-    result = RunResult(run_dir, to_dict(spec), metrics, history, environment(device), extra)
+    speed = {**FastPath.for_spec(spec.train, device).describe(), "precision": spec.train.precision}
+    result = RunResult(run_dir, to_dict(spec), metrics, history, environment(device, speed), extra)
     result.save()
     log.info("%s on %s: acc=%.4f, record %s", spec.method, spec.dataset.name,
              metrics.get("acc", float("nan")), result.record_path)
@@ -379,8 +382,9 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         "train_flops": fit.train_flops,
         "train_flops_by_region": fit.flops_by_region,
         "train_flops_mode": spec.train.flops,
-        "train_flops_estimated": fit.flops_estimated,
+        "train_flops_reused": fit.flops_reused,
         "train_seconds": fit.train_seconds,
+        "fit_seconds": fit.fit_seconds,
         "train_samples": fit.samples_seen,
         "train_steps": fit.steps,
         "samples_per_second": fit.samples_seen / fit.train_seconds if fit.train_seconds else 0.0,

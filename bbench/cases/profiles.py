@@ -110,6 +110,10 @@ class Profile:
     # ResNet18 miniature's is about 270 MB (weights, momentum, best weights) per epoch, which
     # made one smoke session write over 10 GB. The paper profile's long GPU runs keep theirs.
     checkpoint_every: int = 0
+    # The paper presets give the frame datasets loader workers (a GPU machine's cores decode
+    # while the GPU trains); the CPU profiles' miniatures are read faster in-process than
+    # worker start-up costs, and their cores train. None keeps the preset's.
+    num_workers: int | None = 0
 
     # -- planning -----------------------------------------------------------------------
     def plan(self, case: Case, ctx: PlanContext) -> RunPlan:
@@ -123,6 +127,8 @@ class Profile:
         device = ctx.device or self.default_device(case.dataset)
         overrides = deep_merge({"progress": False, "device": device,
                                 "train.checkpoint_every": self.checkpoint_every}, data.overrides)
+        if self.num_workers is not None:
+            overrides["train.num_workers"] = self.num_workers
         if case.modalities and data.kind != "stand-in":
             overrides["modalities"] = tuple(case.modalities)
         overrides = deep_merge(overrides, case.overrides_for(self.name))
@@ -209,7 +215,7 @@ PROFILES: dict[str, Profile] = {
     "quick": Profile("quick", "mfeat with enough epochs for methods to separate (CPU, about a "
                               "minute for the grid)"),
     "paper": Profile("paper", "the paper's presets on the real data under the data root, on a GPU",
-                     threads=None, paper_data="real", checkpoint_every=1),
+                     threads=None, paper_data="real", checkpoint_every=1, num_workers=None),
 }
 
 

@@ -14,6 +14,13 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "train.progress": "the progress display (--quiet)",
     "train.num_workers": "the data-loading worker count (shuffling and augmentation are seeded "
                          "per epoch and sample, not per worker)",
+    "train.prefetch_factor": "how many batches loader workers read ahead",
+    "train.pin_memory": "whether host batches are page-locked before the copy to the GPU",
+    "train.checkpoint_every": "how often checkpoints are written (resume is exact from any)",
+    "train.checkpoint_seconds": "how often checkpoints are written (resume is exact from any)",
+    "dataset.options.pack": "whether frames are read from the packed cache or decoded from the "
+                            "image files (the same tensors either way, tests/data/test_pack.py)",
+    "dataset.options.pack_verify": "whether the packed cache's checksums are verified on opening",
 }
 """Settings a resumed run may change: they decide how a run is shown, not its numbers."""
 

@@ -46,10 +46,21 @@ class TrainSpec:
     seed: int = param(0, ge=0)
     device: str = "cpu"
     num_workers: int = param(0, ge=0)
+    prefetch_factor: int = param(2, ge=1, doc="batches each loader worker reads ahead")
+    pin_memory: bool = param(True, doc="page-locked host batches, copied without blocking "
+                                       "(CUDA runs only)")
     progress: bool = True
     checkpoint_every: int = param(1, ge=0, doc="epochs between checkpoints; 0 = never")
-    flops: Literal["sampled", "all", "off"] = "sampled"
-    flops_steps: int = param(1, ge=1, doc="steps counted per pass when flops='sampled'")
+    checkpoint_seconds: float = param(60.0, ge=0, doc="at least this much training time between "
+                                      "checkpoints (the last epoch is always written); 0 = every "
+                                      "checkpoint_every epochs")
+    flops: Literal["signature", "all", "off"] = "signature"
+    precision: Literal["fp32", "bf16", "fp16"] = param(
+        "fp32", doc="autocast dtype of the training forward; fp16 adds a gradient scaler")
+    channels_last: bool = param(False, doc="convolutional encoders and image batches in NHWC")
+    deterministic: Optional[bool] = param(
+        None, doc="bit-identical reruns (no cudnn.benchmark); unset = true on CPU, false on CUDA")
+    compile: bool = param(False, doc="torch.compile the encoders")
 
     def __post_init__(self) -> None:
         if not DEVICE_FORM.fullmatch(self.device):

@@ -23,11 +23,12 @@ from bbench.data.errors import DataFormatError, malformed, missing
 from bbench.data.file_splits import assemble, carve_and_assemble
 from bbench.data.index_cache import cached_json, digest, stamp
 from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.pack import ARRAY, FRAMES, Pack, stored_array, with_pack
 from bbench.data.reading import decode_image, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport, no_usable_samples
-from bbench.data.transforms import (clip_train_crop, fit_audio, frame_indices, normalise_rgb,
-                                    resize_exact, stack_frames)
+from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
+                                    normalise_rgb, resize_exact, stack_frames)
 
 NAME = "balanced_av"
 MODALITIES = ("audio", "visual")
@@ -97,7 +98,7 @@ class Record:
 
 
 class BalancedAVReader:
-    """Samples of keys: frames decoded from the HDF5 (opened per sample, so fork-safe)."""
+    """Samples of keys: frames decoded from the HDF5 (opened per sample, so fork-safe) or the pack."""
 
     def __init__(self, records: list[Record], modalities: tuple[str, ...],
                  options: BalancedAVOptions) -> None:
@@ -107,24 +108,28 @@ class BalancedAVReader:
         self.labels = [r.label for r in records]
         self.modalities = modalities
         self.options = options
+        self.pack: Optional[Pack] = None
 
     def load(self, position: int, rng: Optional[np.random.Generator],
              warn: Callable[[str, str], None]) -> dict[str, torch.Tensor]:
         record, opts = self.records[position], self.options
         out: dict[str, torch.Tensor] = {}
         if "audio" in self.modalities:
-            array = load_pickle(record.audio, opts.trust_pickles, dataset=NAME)
+            array = (self.pack.item(position, "audio", 0) if self.pack is not None
+                     else load_pickle(record.audio, opts.trust_pickles, dataset=NAME))
             out["audio"] = fit_audio(array, opts.audio_frames, opts.mel_bins, opts.audio_pad_value,
                                      str(record.audio), NAME, warn)
         if "visual" in self.modalities:
             picks = frame_indices(record.frames, opts.frames_per_clip, rng)
-            frames = stack_frames(self._frames(record, picks))
+            frames = stack_frames([self.pack.frame(position, "visual", k) for k in picks]
+                                  if self.pack is not None else self._frames(record, picks))
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
             out["visual"] = normalise_rgb(frames)
         return out
 
     def _frames(self, record: Record, picks: list[int]) -> list[torch.Tensor]:
+        """Frames `picks` of a key from its HDF5 file, at the stored resolution."""
         h5py = _h5py()
         try:
             with h5py.File(record.hdf5, "r") as f:
@@ -134,7 +139,26 @@ class BalancedAVReader:
             raise missing(NAME, "frame file", record.hdf5, LAYOUT) from None
         except Exception as err:  # noqa: BLE001
             raise malformed(NAME, record.hdf5, f"cannot read frames {picks} ({err})") from None
-        return [decode_image(blobs[k], f"{record.hdf5}[video][{k}]", "RGB", NAME) for k in picks]
+        return [fit_short_side(decode_image(blobs[k], f"{record.hdf5}[video][{k}]", "RGB", NAME),
+                               self.options.frame_short_side) for k in picks]
+
+    @property
+    def pack_streams(self) -> dict[str, str]:
+        return {m: FRAMES if m == "visual" else ARRAY for m in self.modalities}
+
+    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+        record = self.records[position]
+        return {m: [record.hdf5 if m == "visual" else record.audio] for m in self.modalities}
+
+    def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        record = self.records[position]
+        out: dict[str, list[np.ndarray]] = {}
+        if "audio" in self.modalities:
+            out["audio"] = [stored_array(load_pickle(record.audio, self.options.trust_pickles,
+                                                     dataset=NAME), str(record.audio), NAME)]
+        if "visual" in self.modalities:
+            out["visual"] = [f.numpy() for f in self._frames(record, list(range(record.frames)))]
+        return out
 
 
 def read_annotations(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -199,7 +223,8 @@ def build_balanced_av(spec: DatasetSpec, options: BalancedAVOptions) -> DataModu
                 report.skip(key, f"no frames in {visual_dir / f'{key}.hdf5'}")
                 continue
             records.append(Record(key, label, visual_dir / f"{key}.hdf5", audio, counts.get(key, 0)))
-        readers[split], reports[split] = BalancedAVReader(records, modalities, options), report
+        readers[split] = with_pack(BalancedAVReader(records, modalities, options), root, split)
+        reports[split] = report
     info = clip_info(NAME, modalities, len(classes), options)
     if not by_split["val"]:
         reports.pop("val")

@@ -3,7 +3,9 @@
 One job: those three datasets store a clip as one spectrogram file plus one folder of frame
 images, and differ only in file names and list formats. `build_clip_records` is their §2.0
 existence filter (usable clips of a list, skips reported), `FolderClipReader` loads and
-transforms one clip, and `clip_info` gives the shapes it produces.
+transforms one clip, and `clip_info` gives the shapes it produces. A reader decodes from the
+image and audio files, or from the clip's packed cache when one is attached (`bbench.data.pack`):
+the same decoded arrays either way, then the same transforms.
 """
 from __future__ import annotations
 
@@ -17,10 +19,11 @@ import torch
 from bbench.data.base import DataInfo
 from bbench.data.index_cache import list_clip_frames
 from bbench.data.options import ClipOptions
+from bbench.data.pack import ARRAY, FRAMES, Pack, stored_array
 from bbench.data.reading import decode_image
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import (clip_train_crop, fit_audio, frame_indices, normalise_rgb,
-                                    resize_exact, stack_frames)
+from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
+                                    normalise_rgb, resize_exact, stack_frames)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class FolderClipReader:
         self.modalities = tuple(modalities)
         self.options = options
         self.load_audio = load_audio
+        self.pack: Optional[Pack] = None
 
     def load(self, position: int, rng: Optional[np.random.Generator],
              warn: Callable[[str, str], None]) -> dict[str, torch.Tensor]:
@@ -51,17 +55,43 @@ class FolderClipReader:
         opts = self.options
         out: dict[str, torch.Tensor] = {}
         if "audio" in self.modalities:
-            out["audio"] = fit_audio(self.load_audio(record.audio, self.dataset), opts.audio_frames,
-                                     opts.mel_bins, opts.audio_pad_value, str(record.audio),
-                                     self.dataset, warn)
+            array = (self.pack.item(position, "audio", 0) if self.pack is not None
+                     else self.load_audio(record.audio, self.dataset))
+            out["audio"] = fit_audio(array, opts.audio_frames, opts.mel_bins, opts.audio_pad_value,
+                                     str(record.audio), self.dataset, warn)
         if "visual" in self.modalities:
             picks = frame_indices(len(record.frames), opts.frames_per_clip, rng)
-            frames = stack_frames([decode_image(record.frames_dir / record.frames[k],
-                                                str(record.frames_dir / record.frames[k]), "RGB",
-                                                self.dataset) for k in picks])
+            frames = stack_frames([self.pack.frame(position, "visual", k) if self.pack is not None
+                                   else self._decode(position, k) for k in picks])
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
             out["visual"] = normalise_rgb(frames)
+        return out
+
+    def _decode(self, position: int, k: int) -> torch.Tensor:
+        """Frame k of a clip from its image file, at the stored resolution (`frame_short_side`)."""
+        record = self.records[position]
+        path = record.frames_dir / record.frames[k]
+        return fit_short_side(decode_image(path, str(path), "RGB", self.dataset),
+                              self.options.frame_short_side)
+
+    @property
+    def pack_streams(self) -> dict[str, str]:
+        return {m: FRAMES if m == "visual" else ARRAY for m in self.modalities}
+
+    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+        record = self.records[position]
+        sources = {"audio": [record.audio], "visual": [record.frames_dir / f for f in record.frames]}
+        return {m: sources[m] for m in self.modalities}
+
+    def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        record = self.records[position]
+        out: dict[str, list[np.ndarray]] = {}
+        if "audio" in self.modalities:
+            out["audio"] = [stored_array(self.load_audio(record.audio, self.dataset),
+                                         str(record.audio), self.dataset)]
+        if "visual" in self.modalities:
+            out["visual"] = [self._decode(position, k).numpy() for k in range(len(record.frames))]
         return out
 
 

@@ -19,6 +19,7 @@ from bbench.data.clips import FolderClipReader, build_clip_records, clip_info
 from bbench.data.errors import missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.pack import with_pack
 from bbench.data.reading import load_torch_tensor, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 
@@ -96,7 +97,8 @@ def build_cremad(spec: DatasetSpec, options: CremadOptions) -> DataModule:
         records, reports[split] = build_clip_records(
             NAME, split, read_list(list_path), lambda i: [audio_dir / f"{i}.pt"], visual_dir,
             lambda i: [i], modalities, cache, options.expected_missing)
-        readers[split] = FolderClipReader(NAME, records, modalities, options, load_torch_tensor)
+        readers[split] = with_pack(FolderClipReader(NAME, records, modalities, options,
+                                                    load_torch_tensor), root, split)
     info = clip_info(NAME, modalities, len(EMOTIONS), options)
     return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],
                               reports, LAYOUT, [str(root.resolve()), str(lists["train"])])

@@ -29,10 +29,11 @@ from bbench.data.base import DataInfo, DataModule
 from bbench.data.errors import DataFormatError, MissingDataError, malformed, missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.options import CommonOptions, data_path, dataset_root
+from bbench.data.pack import FRAMES, Pack, with_pack
 from bbench.data.reading import decode_image
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import normalise_rgb, resize_exact
+from bbench.data.transforms import fit_short_side, normalise_rgb, resize_exact
 
 NAME = "food101"
 MODALITIES = ("text", "visual")
@@ -158,6 +159,8 @@ def cached_tokens(root: Path, split: str, vocab: Path, n_rows: int, length: int
 
 
 class Food101Reader:
+    """Samples of title + image rows: tokens from the cache, the image from JPEG or the pack."""
+
     def __init__(self, records: list[tuple[str, int, Path]], tokens: Optional[np.ndarray],
                  modalities: tuple[str, ...], options: Food101Options) -> None:
         self.dataset = NAME
@@ -167,6 +170,7 @@ class Food101Reader:
         self.tokens = torch.from_numpy(tokens) if tokens is not None else None
         self.modalities = modalities
         self.options = options
+        self.pack: Optional[Pack] = None
 
     def load(self, position: int, rng: Optional[np.random.Generator],
              warn: Callable[[str, str], None]) -> dict[str, torch.Tensor]:
@@ -174,8 +178,8 @@ class Food101Reader:
         if "text" in self.modalities and self.tokens is not None:
             out["text"] = self.tokens[position].clone()
         if "visual" in self.modalities:
-            path = self.records[position][2]
-            image = decode_image(path, str(path), "RGB", NAME)
+            image = (self.pack.frame(position, "visual", 0) if self.pack is not None
+                     else self._decode(position))
             size = self.options.image_size
             if rng is not None:  # RandomRotation(±30°, black fill) → resize → flip
                 angle = float(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
@@ -187,6 +191,22 @@ class Food101Reader:
                 image = resize_exact(image, size)
             out["visual"] = normalise_rgb(image).unsqueeze(0)
         return out
+
+    def _decode(self, position: int) -> torch.Tensor:
+        """The row's image from its file, at the stored resolution (`frame_short_side`)."""
+        path = self.records[position][2]
+        return fit_short_side(decode_image(path, str(path), "RGB", NAME),
+                              self.options.frame_short_side)
+
+    @property
+    def pack_streams(self) -> dict[str, str]:
+        return {"visual": FRAMES} if "visual" in self.modalities else {}
+
+    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+        return {s: [self.records[position][2]] for s in self.pack_streams}
+
+    def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        return {s: [self._decode(position).numpy()] for s in self.pack_streams}
 
 
 def build_food101(spec: DatasetSpec, options: Food101Options) -> DataModule:
@@ -242,7 +262,9 @@ def build_food101(spec: DatasetSpec, options: Food101Options) -> DataModule:
                       else tokenize(tokenizer, [r.text for r in usable], options.text_length))
         records = [(f"{r.label_name}/{r.image}", label_of[r.label_name],
                     images / split / r.label_name / r.image) for r in usable]
-        readers[split], reports[split] = Food101Reader(records, tokens, modalities, options), report
+        readers[split] = with_pack(Food101Reader(records, tokens, modalities, options), root,
+                                   split)
+        reports[split] = report
     size = options.image_size
     shapes = {"text": (2, options.text_length), "visual": (1, 3, size, size)}
     dtypes = {"text": torch.int64, "visual": torch.float32}

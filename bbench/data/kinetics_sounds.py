@@ -17,6 +17,7 @@ from bbench.data.clips import FolderClipReader, build_clip_records, clip_info
 from bbench.data.errors import DataFormatError, missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.pack import with_pack
 from bbench.data.reading import load_numpy, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 
@@ -107,7 +108,8 @@ def build_kinetics_sounds(spec: DatasetSpec, options: KineticsSoundsOptions) -> 
             NAME, split, read_list(lists[split]),
             lambda i, d=audio_dir: [d / f"{i}.npy"], visual_dir, lambda i: [i], modalities,
             cache, options.expected_missing)
-        readers[split] = FolderClipReader(NAME, records, modalities, options, load_numpy)
+        readers[split] = with_pack(FolderClipReader(NAME, records, modalities, options,
+                                                    load_numpy), root, split)
     info = clip_info(NAME, modalities, NUM_CLASSES, options)
     return carve_and_assemble(info, spec.split_seed, options, readers["train"], readers["test"],
                               reports, LAYOUT, [str(root.resolve()), str(lists["train"])])

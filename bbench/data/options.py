@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from bbench.config.fields import SpecError, param
 from bbench.data.errors import missing, prepare_hint
@@ -73,6 +73,16 @@ class CommonOptions:
     expected_missing: tuple[str, ...] = param(
         (), doc="ids of listed samples known to be unusable, e.g. the public CREMA-D's broken "
                 "clips; they are skipped and reported at info level as expected, not warned about")
+    frame_short_side: Optional[int] = param(
+        None, ge=8, doc="resize every decoded frame/image so its shorter side is this many pixels "
+                        "(aspect kept) before any transform; None: as stored. The stored "
+                        "resolution of a packed cache (`bbench prepare DATASET --pack`)")
+    pack: Literal["auto", "require", "off"] = param(
+        "auto", doc="the packed frame cache under <root>/.bbench_pack: auto = read it when one "
+                    "was built for these options, require = fail when there is none, off = "
+                    "always decode the image files")
+    pack_verify: bool = param(False, doc="check the sha256 of every pack file when the pack is "
+                                         "opened (reads the whole pack once)")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Sample transforms: frame selection, crops, resizing, normalisation, the fit of stored audio.
 
-One job: what a decoded sample goes through before it reaches a model -- the §2.0
-frame-selection rule, one crop/flip per clip, deterministic eval resizing, ImageNet
-normalisation and the crop/pad of stored spectrograms -- written once for all loaders.
+One job: what a decoded sample goes through before it reaches a model -- the optional
+stored-resolution resize (`fit_short_side`), the §2.0 frame-selection rule, one crop/flip per
+clip, deterministic eval resizing, ImageNet normalisation and the crop/pad of stored
+spectrograms -- written once for all loaders.
 
 Training randomness of a sample comes from `numpy.random.default_rng([seed, epoch, index])`
 (§0.3, `sample_rng`), so a sample is a pure function of (run seed, epoch, position in the split)
@@ -47,6 +48,18 @@ def stack_frames(frames: Sequence[torch.Tensor]) -> torch.Tensor:
     same = [f if f.shape[-2:] == (height, width)
             else TF.resize(f, [height, width], antialias=True) for f in frames]
     return torch.stack(same)
+
+
+def fit_short_side(frame: torch.Tensor, size: Optional[int]) -> torch.Tensor:
+    """uint8 (C, H, W) with its shorter side resized to `size`, aspect kept; None: unchanged.
+
+    Applied right after decoding by the JPEG path and by `prepare --pack` alike (option
+    `frame_short_side`), so a pack can store frames smaller than the originals and still give
+    the very tensors the JPEG path gives.
+    """
+    if size is None or min(frame.shape[-2:]) == size:
+        return frame
+    return TF.resize(frame, size, antialias=True)
 
 
 def resized_crop_box(height: int, width: int, rng: np.random.Generator,

@@ -23,10 +23,12 @@ from bbench.data.errors import DataFormatError, missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.index_cache import list_clip_frames
 from bbench.data.options import CommonOptions, data_path, dataset_root, index_cache_dir, pick_option
+from bbench.data.pack import FRAMES, Pack, with_pack
 from bbench.data.reading import decode_image, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import frame_indices, normalise_rgb, resize_exact, stack_frames
+from bbench.data.transforms import (fit_short_side, frame_indices, normalise_rgb, resize_exact,
+                                    stack_frames)
 
 NAME = "ucf101"
 MODALITIES = ("flow", "visual")
@@ -119,6 +121,11 @@ class Clip:
 
 
 class UCF101Reader:
+    """Samples of UCF-101 clips: RGB frames and u/v flow planes, from JPEG files or the pack."""
+
+    STREAMS = {"visual": ("rgb",), "flow": ("u", "v")}
+    """The pack streams of each modality: one per frame folder."""
+
     def __init__(self, clips: list[Clip], modalities: tuple[str, ...],
                  options: UCF101Options) -> None:
         self.dataset = NAME
@@ -127,6 +134,7 @@ class UCF101Reader:
         self.labels = [c.label for c in clips]
         self.modalities = modalities
         self.options = options
+        self.pack: Optional[Pack] = None
 
     def load(self, position: int, rng: Optional[np.random.Generator],
              warn: Callable[[str, str], None]) -> dict[str, torch.Tensor]:
@@ -139,20 +147,44 @@ class UCF101Reader:
                       if "flow" in self.modalities else [])
         flip = bool(rng.random() < 0.5) if rng is not None else False
         if "flow" in self.modalities:
-            u = stack_frames([decode_image(clip.u_dir / clip.u[k], str(clip.u_dir / clip.u[k]),
-                                           "L", NAME) for k in flow_picks])
-            v = stack_frames([decode_image(clip.v_dir / clip.v[k], str(clip.v_dir / clip.v[k]),
-                                           "L", NAME) for k in flow_picks])
+            u = stack_frames([self._frame(position, "u", k) for k in flow_picks])
+            v = stack_frames([self._frame(position, "v", k) for k in flow_picks])
             if u.shape[-2:] != v.shape[-2:]:
                 v = TF.resize(v, list(u.shape[-2:]), antialias=True)
             out["flow"] = flow_transform(u, v, opts.image_size, flip)
         if "visual" in self.modalities:
-            frames = stack_frames([decode_image(clip.rgb_dir / clip.rgb[k],
-                                                str(clip.rgb_dir / clip.rgb[k]), "RGB", NAME)
-                                   for k in rgb_picks])
+            frames = stack_frames([self._frame(position, "rgb", k) for k in rgb_picks])
             frames = resize_exact(frames, opts.image_size)
             out["visual"] = normalise_rgb(frames.flip(-1) if flip else frames)
         return out
+
+    def _files(self, position: int, stream: str) -> list[Path]:
+        clip = self.clips[position]
+        folder, names = {"rgb": (clip.rgb_dir, clip.rgb), "u": (clip.u_dir, clip.u),
+                         "v": (clip.v_dir, clip.v)}[stream]
+        return [folder / name for name in names]
+
+    def _frame(self, position: int, stream: str, k: int) -> torch.Tensor:
+        if self.pack is not None:
+            return self.pack.frame(position, stream, k)
+        return self._decode(position, stream, k)
+
+    def _decode(self, position: int, stream: str, k: int) -> torch.Tensor:
+        """Frame k of a stream from its JPEG file, at the stored resolution (`frame_short_side`)."""
+        path = self._files(position, stream)[k]
+        return fit_short_side(decode_image(path, str(path), "RGB" if stream == "rgb" else "L",
+                                           NAME), self.options.frame_short_side)
+
+    @property
+    def pack_streams(self) -> dict[str, str]:
+        return {s: FRAMES for m in self.modalities for s in self.STREAMS[m]}
+
+    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+        return {s: self._files(position, s) for s in self.pack_streams}
+
+    def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        return {s: [self._decode(position, s, k).numpy()
+                    for k in range(len(self._files(position, s)))] for s in self.pack_streams}
 
 
 def build_ucf101(spec: DatasetSpec, options: UCF101Options) -> DataModule:
@@ -208,7 +240,8 @@ def build_ucf101(spec: DatasetSpec, options: UCF101Options) -> DataModule:
             else:
                 clips.append(Clip(clip_id, label, rgb_dir / clip_id, rgb, u_dir / clip_id,
                                   v_dir / clip_id, u, v))
-        readers[split], reports[split] = UCF101Reader(clips, modalities, options), report
+        readers[split] = with_pack(UCF101Reader(clips, modalities, options), root, split)
+        reports[split] = report
     size = options.image_size
     shapes = {"flow": (options.flow_frames, 2, size, size),
               "visual": (options.frames_per_clip, 3, size, size)}

@@ -33,7 +33,9 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"no checkpoint to resume from: expected {path} (a run writes it "
-                              f"after every epoch unless train.checkpoint_every = 0)")
+                              f"after an epoch once train.checkpoint_seconds of training have "
+                              f"passed since the last, after its last epoch, and never with "
+                              f"train.checkpoint_every = 0)")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # zip, pickle and EOF errors all mean the same to the user

@@ -6,7 +6,7 @@ the method's own evaluation logits, every sample counted (no dropped last batch)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +30,10 @@ class Evaluates(Protocol):
 
 
 def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_samples,
-                num_workers: int = 0) -> DataLoader:
+                num_workers: int = 0, **options: Any) -> DataLoader:
+    """In order, every sample; `options`: further DataLoader settings (pinning, read-ahead)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                      collate_fn=collate, num_workers=num_workers)
+                      collate_fn=collate, num_workers=num_workers, **options)
 
 
 @dataclass

@@ -5,17 +5,19 @@ fit start, epoch start, epoch end) is accounted; the Trainer's own validation pa
 logging are not. Units: FLOPs = 2 × multiply-adds, backward included.
 
 FlopCounterMode intercepts every operator in Python (about 5 ms per step of the mfeat MLP
-with torch 2.14 on a 2-core CPU, several times the step itself), which would make counting
-every step dominate a small run. In `sampled` mode the
-first `flops_steps` steps of every pass over the training set are counted and the pass's
-remaining steps are extrapolated by the number of samples they process; method hooks
-(valuation passes, prototypes, re-initialisation) are always counted in full. `all`
-counts every step (tests compare the two).
+with torch 2.14 on a 2-core CPU, several times the step itself), so counting every step
+would dominate a small run. A training step's FLOPs are a function of what it computes,
+not of the values it computes on: in `signature` mode (the default) the first step of each
+distinct step signature (phase, the batch's tensor shapes, whether the window is open, the
+method's own branch, `Method.step_branch`) is counted and its count reused for every later
+step with that signature, which gives exactly the total of `all` (counting every step; tests
+compare the two for every method). Method hooks (valuation passes, prototypes,
+re-initialisation) are always counted in full.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Hashable, Iterator
 
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -27,13 +29,9 @@ class FlopAccount:
         self.enabled = enabled
         self.total = int(total)
         self.regions: dict[str, int] = {}
-        self.estimated = 0  # FLOPs extrapolated rather than counted (sampled mode)
+        self.reused = 0  # FLOPs of steps taken from an earlier step of the same signature
+        self.by_signature: dict[Hashable, int] = {}
         self.last = 0  # FLOPs of the most recent counted region
-
-    def add_estimate(self, region: str, flops: float) -> None:
-        self.total += int(round(flops))
-        self.estimated += int(round(flops))
-        self.regions[region] = self.regions.get(region, 0) + int(round(flops))
 
     @contextlib.contextmanager
     def count(self, region: str) -> Iterator[None]:
@@ -43,10 +41,27 @@ class FlopAccount:
         counter = FlopCounterMode(display=False)
         with counter:
             yield
-        flops = int(counter.get_total_flops())
+        self.last = int(counter.get_total_flops())
+        self._add(region, self.last)
+
+    @contextlib.contextmanager
+    def count_step(self, signature: Hashable | None) -> Iterator[None]:
+        """A training step: counted the first time its signature is seen, then reused
+        (`signature` None: always counted, as in `all` mode)."""
+        if not self.enabled or signature is None or signature not in self.by_signature:
+            with self.count("step"):
+                yield
+            if self.enabled and signature is not None:
+                self.by_signature[signature] = self.last
+            return
+        yield
+        flops = self.by_signature[signature]
+        self._add("step", flops)
+        self.reused += flops
+
+    def _add(self, region: str, flops: int) -> None:
         self.total += flops
         self.regions[region] = self.regions.get(region, 0) + flops
-        self.last = flops
 
 
 def count_forward_flops(fn, *args, **kwargs) -> int:

@@ -1,4 +1,5 @@
-"""A per-run progress bar (tqdm) over training steps, with the epoch's validation accuracy."""
+"""A per-run progress bar (tqdm) over epochs, with each epoch's training loss and validation
+accuracy (read once per epoch: the bar adds no host synchronisation to a step)."""
 from __future__ import annotations
 
 import sys
@@ -14,12 +15,9 @@ class Progress:
                          dynamic_ncols=True, file=sys.stderr) if self.enabled else None
         self._postfix: dict[str, str] = {}
 
-    def step(self, loss: float) -> None:
+    def epoch_done(self, epoch: int, train_loss: float, val_acc: float) -> None:
         if self._bar is not None:
-            self._postfix["loss"] = f"{loss:.3f}"
-
-    def epoch_done(self, epoch: int, val_acc: float) -> None:
-        if self._bar is not None:
+            self._postfix["loss"] = f"{train_loss:.3f}"
             self._postfix["val_acc"] = f"{val_acc:.3f}"
             self._bar.set_postfix(self._postfix, refresh=False)
             self._bar.update(1)

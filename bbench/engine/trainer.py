@@ -2,9 +2,17 @@
 
 The Trainer owns epochs and steps, device placement, the optimizer (built from the
 method's parameter groups) and the per-epoch scheduler, gradient zeroing, validation-based
-model selection, checkpoints, FLOP accounting, logging and progress. Methods plug in
-through their hooks and see the Trainer only as the `TrainingLoop` protocol. The Trainer
-is given the training and validation splits only: test data cannot steer training.
+model selection, checkpoints, FLOP accounting, mixed precision, logging and progress.
+Methods plug in through their hooks and see the Trainer only as the `TrainingLoop`
+protocol. The Trainer is given the training and validation splits only: test data cannot
+steer training.
+
+The loop's own cost stays out of the way of the method's (docs/benchmarks.md, harness
+overhead): a step's FLOPs are counted once per step signature, the training loss and
+accuracies are summed on the device and read once per epoch, the model is put in training
+mode once per pass (evaluation helpers restore the mode they found), the optimizer uses
+torch's multi-tensor kernels, and checkpoints are written at most every
+`checkpoint_seconds` of training (and after the last epoch).
 """
 from __future__ import annotations
 
@@ -23,8 +31,11 @@ from bbench.config.specs import TrainSpec
 from bbench.data.base import Batch, move_batch
 from bbench.engine import checkpoint as ckpt
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
+from bbench.engine.fast_path import FastPath
 from bbench.engine.flops import FlopAccount
+from bbench.engine.loading import PassLoaders, loader_seed
 from bbench.engine.optim import build_optimizer, build_scheduler
+from bbench.engine.precision import MixedPrecision
 from bbench.engine.progress import Progress
 from bbench.methods.base import ForwardOut, Method
 from bbench.methods.loop import StepInfo, TrainingData
@@ -48,15 +59,11 @@ class FitResult:
     best_state: dict[str, torch.Tensor]
     train_flops: int
     flops_by_region: dict[str, int]
-    flops_estimated: int
+    flops_reused: int
     train_seconds: float
+    fit_seconds: float  # wall time of fit: steps, hooks, validation and checkpoints
     samples_seen: int
     steps: int
-
-
-def loader_seed(seed: int, epoch: int, phase: int) -> int:
-    """Shuffling seed of one pass: a function of (run seed, epoch, phase) so resume needs no state."""
-    return (seed * 1_000_003 + epoch * 1_009 + phase) % (2**63 - 1)
 
 
 class Trainer:
@@ -70,8 +77,13 @@ class Trainer:
         self.data = data
         self.method = method
         self.device = torch.device(spec.device)
-        self.model = model.to(self.device)
+        self.fast_path = FastPath.for_spec(spec, self.device)
+        self.model = self.fast_path.prepare_model(model.to(self.device))
         self.optimizer = build_optimizer(spec.optimizer, method.param_groups(self.model))
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        self.precision = MixedPrecision(spec.precision, self.device)
+        self.passes = PassLoaders(spec.batch_size, spec.seed, data.collate,
+                                  self.fast_path.loader_options())
         self.scheduler = build_scheduler(spec.scheduler, self.optimizer)
         self.run_dir = run_dir
         self.flops = FlopAccount(enabled=count_flops and spec.flops != "off")
@@ -87,6 +99,7 @@ class Trainer:
         # Stored in every checkpoint (the resolved spec and its hash) so a resume can verify it.
         self.run_identity = dict(run_identity or {})
         self.checkpointed_epoch = 0  # epochs covered by the last checkpoint written
+        self._checkpointed_at = 0.0  # train_seconds when it was written
 
     # -- helpers methods use -----------------------------------------------------------------
     def zero_grad(self) -> None:
@@ -94,8 +107,21 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
 
     def optimizer_step(self) -> None:
-        """The one place a step's update happens (mixed precision or clipping would go here)."""
-        self.optimizer.step()
+        """The one place a step's update happens (skipped by fp16 loss scaling on overflow)."""
+        self.precision.step(self.optimizer)
+
+    def autocast(self):
+        """The low-precision region of a step's forward and loss (`train.precision`)."""
+        return self.precision.autocast()
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """`loss.backward()`; under fp16 loss scaling the new gradients arrive unscaled."""
+        self.precision.backward(loss, self.params, **kwargs)
+
+    def grads(self, loss: torch.Tensor, inputs: list[torch.Tensor],
+              **kwargs: Any) -> tuple[torch.Tensor | None, ...]:
+        """`torch.autograd.grad(loss, inputs)`; unscaled under fp16 loss scaling."""
+        return self.precision.grads(loss, inputs, **kwargs)
 
     def check_finite(self, loss: torch.Tensor, step: StepInfo) -> None:
         if not torch.isfinite(loss.detach()).all():
@@ -109,13 +135,14 @@ class Trainer:
         generator = torch.Generator().manual_seed(loader_seed(self.spec.seed, epoch, phase))
         return DataLoader(dataset, batch_size=self.spec.batch_size, shuffle=shuffle,
                           drop_last=drop_last, generator=generator, collate_fn=self.data.collate,
-                          num_workers=self.spec.num_workers)
+                          **self.fast_path.loader_options())
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
-        return eval_loader(dataset, self.spec.batch_size, self.data.collate, self.spec.num_workers)
+        return eval_loader(dataset, self.spec.batch_size, self.data.collate,
+                           **self.fast_path.loader_options())
 
     def to_device(self, batch: Batch) -> Batch:
-        return move_batch(batch, self.device)
+        return self.fast_path.batch_layout(move_batch(batch, self.device))
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self, resume_state: dict[str, Any] | None = None) -> FitResult:
@@ -131,6 +158,7 @@ class Trainer:
                 self.method.on_fit_start(self)
         progress = Progress(self.spec.epochs, enabled=self.spec.progress,
                             label=f"{self.method.name}", start=self.epoch)
+        started = time.perf_counter()
         try:
             while self.epoch < self.spec.epochs:
                 record = self._run_epoch(self.epoch, progress)
@@ -141,9 +169,10 @@ class Trainer:
                     callback(self, self.epoch - 1, record)
         finally:
             progress.close()
+            self.passes.close()
         return FitResult(self.history, self.best_epoch, self.best_val, self.best_state,
-                         self.flops.total, dict(self.flops.regions), self.flops.estimated,
-                         self.train_seconds,
+                         self.flops.total, dict(self.flops.regions), self.flops.reused,
+                         self.train_seconds, time.perf_counter() - started,
                          self.samples_seen, self.global_step)
 
     def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
@@ -152,40 +181,32 @@ class Trainer:
         active = self.method.active(epoch)
         with self.flops.count("epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
-        loss_sum, steps, correct, seen = 0.0, 0, {}, 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct: dict[str, torch.Tensor] = {}
+        steps, seen = 0, 0
         set_epoch = getattr(train_set, "set_epoch", None)
         if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)
             set_epoch(epoch)
         for phase in range(self.method.phases(epoch)):
-            loader = self.train_loader(train_set, epoch, phase)
+            loader = self.passes.for_pass(train_set, epoch, phase)
             n_b = len(loader)
             if n_b == 0:  # drop_last with fewer samples than a batch: the epoch would not train
                 raise EmptyEpochError(
                     f"{self.method.name}: the training set of epoch {epoch} has {len(train_set)} "
                     f"samples, fewer than batch_size={self.spec.batch_size}, so no step would "
                     f"run; use --set batch_size=N with N <= {len(train_set)}")
-            sampled_flops, sampled_samples, unsampled_samples = 0, 0, 0
+            self.model.train()  # once per pass: hooks and evaluation restore the mode they found
             for j, batch in enumerate(loader):
                 batch = self.to_device(batch)
                 info = StepInfo(epoch, j, n_b, self.global_step, phase, active)
-                if self.spec.flops == "all" or j < self.spec.flops_steps:
-                    with self.flops.count("step"):
-                        result = self.method.train_step(self, batch, info)
-                    sampled_flops += self.flops.last
-                    sampled_samples += int(batch["label"].shape[0])
-                else:
+                with self.flops.count_step(self._step_signature(batch, info)):
                     result = self.method.train_step(self, batch, info)
-                    unsampled_samples += int(batch["label"].shape[0])
-                loss_sum += float(result.loss)
+                loss_sum += result.loss.detach().double()
                 steps += 1
                 self.global_step += 1
-                n = int(batch["label"].shape[0])
-                seen += n
+                seen += int(batch["label"].shape[0])
                 if result.out is not None:
                     self._count_correct(result.out, batch["label"], correct)
-                progress.step(loss=loss_sum / steps)
-            if unsampled_samples and self.flops.enabled:
-                self.flops.add_estimate("step", sampled_flops / sampled_samples * unsampled_samples)
         self.samples_seen += seen
         self.train_seconds += time.perf_counter() - start
         val = split_metrics(predict(self.method, self.model, self.eval_loader(self.data.val),
@@ -199,18 +220,25 @@ class Trainer:
         self.scheduler.step()
         self.train_seconds += time.perf_counter() - start
         record: dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1), "steps": steps,
-            "train_samples": seen,
-            **{f"train_{k}": v / max(seen, 1) for k, v in correct.items()},
+            "epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / max(steps, 1),
+            "steps": steps, "train_samples": seen,
+            **{f"train_{k}": float(v) / max(seen, 1) for k, v in correct.items()},
             **{f"val_{k}": v for k, v in val.items()},
             "method": self._method_record(epoch),
             "seconds": time.perf_counter() - start,
         }
         if not math.isfinite(record["train_loss"]):
             raise NonFiniteLossError(f"mean training loss of epoch {epoch} is not finite")
-        progress.epoch_done(epoch, val["acc"])
+        progress.epoch_done(epoch, record["train_loss"], val["acc"])
         log.debug("epoch %d: %s", epoch, record)
         return record
+
+    def _step_signature(self, batch: Batch, info: StepInfo) -> tuple | None:
+        """What a step's FLOPs depend on (flops.py); None in `all` mode: count every step."""
+        if self.spec.flops != "signature":
+            return None
+        shapes = tuple((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
+        return info.phase, info.active, self.method.step_branch(info), shapes
 
     def _improves(self, val: dict[str, float]) -> bool:
         """Model selection: higher validation accuracy; at equal accuracy, lower validation loss.
@@ -228,23 +256,28 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def _count_correct(self, out: ForwardOut, labels: torch.Tensor, correct: dict[str, float]) -> None:
+    def _count_correct(self, out: ForwardOut, labels: torch.Tensor,
+                       correct: dict[str, torch.Tensor]) -> None:
         """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted).
 
         Modalities are named by the step's model, not the dataset: a Unimodal model on `mor`
-        has one feature, and it is `mor`'s.
+        has one feature, and it is `mor`'s. Counts stay on the device until the epoch ends.
         """
-        correct["acc"] = correct.get("acc", 0.0) + float((out.logits.argmax(1) == labels).sum())
-        for i, m in enumerate(out.model.modalities):
-            pred = out.unimodal_scoring(i).argmax(1)
-            correct[f"acc_{m}"] = correct.get(f"acc_{m}", 0.0) + float((pred == labels).sum())
+        hits = [(out.logits.argmax(1) == labels).sum()]
+        hits += [(out.unimodal_scoring(i).argmax(1) == labels).sum()
+                 for i in range(len(out.model.modalities))]
+        keys = ["acc", *(f"acc_{m}" for m in out.model.modalities)]
+        for key, value in zip(keys, hits):
+            correct[key] = correct[key] + value if key in correct else value
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
         every = self.spec.checkpoint_every
         if self.run_dir is None or every == 0:
             return
-        if self.epoch % every and self.epoch != self.spec.epochs:
+        last = self.epoch == self.spec.epochs
+        if not last and (self.epoch % every or self.train_seconds - self._checkpointed_at
+                         < self.spec.checkpoint_seconds):
             return
         ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, {
             "run": self.run_identity,
@@ -254,10 +287,12 @@ class Trainer:
             "rng": ckpt.rng_state(), "history": self.history, "best_epoch": self.best_epoch,
             "best_val": self.best_val, "best_state": self.best_state,
             "flops": self.flops.total, "flops_by_region": self.flops.regions,
-            "flops_estimated": self.flops.estimated,
+            "flops_reused": self.flops.reused, "flops_by_signature": self.flops.by_signature,
+            "precision": self.precision.state_dict(),
             "train_seconds": self.train_seconds,
         })
         self.checkpointed_epoch = self.epoch
+        self._checkpointed_at = self.train_seconds
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
@@ -265,6 +300,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.method.load_state_dict(state["method"])
+            self.precision.load_state_dict(state["precision"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ckpt.CheckpointError(
@@ -280,6 +316,8 @@ class Trainer:
         self.best_state = state["best_state"]
         self.flops.total = state["flops"]
         self.flops.regions = dict(state["flops_by_region"])
-        self.flops.estimated = state["flops_estimated"]
+        self.flops.reused = state["flops_reused"]
+        self.flops.by_signature = dict(state["flops_by_signature"])
         self.train_seconds = state["train_seconds"]
         self.checkpointed_epoch = self.epoch
+        self._checkpointed_at = self.train_seconds

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Hashable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from bbench.config.specs import ModelSpec
 from bbench.data.base import Batch, DataInfo
 from bbench.methods.facts import Family, RunInput
 from bbench.methods.loop import StepInfo, TrainingLoop
+from bbench.models.modes import float32_region
 from bbench.models.multimodal import MultimodalModel, build_multimodal_model
 
 
@@ -59,9 +60,10 @@ class ForwardOut:
         return self.model.unimodal_logits(self.features, index)
 
     def unimodal_scoring(self, index: int) -> torch.Tensor:
-        """Scoring accessor: z_m from sg(W), sg(b), sg(h); creates no gradient."""
-        with torch.no_grad():
-            return self.model.unimodal_logits([f.detach() for f in self.features], index)
+        """Scoring accessor: z_m from sg(W), sg(b), sg(h); creates no gradient. Float32 even
+        when the forward ran in a low-precision autocast region (scores are method math)."""
+        with torch.no_grad(), float32_region(self.logits.device):
+            return self.model.unimodal_logits([f.detach().float() for f in self.features], index)
 
 
 @dataclass
@@ -238,8 +240,11 @@ class Method:
     def loss(self, out: ForwardOut, batch: Batch, step: StepInfo) -> torch.Tensor:
         return F.cross_entropy(out.logits, batch["label"])
 
-    def backward(self, loss: torch.Tensor, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
-        loss.backward()
+    def backward(self, loop: TrainingLoop, loss: torch.Tensor, out: ForwardOut, batch: Batch,
+                 step: StepInfo) -> None:
+        """The step's backward, through `loop.backward` / `loop.grads` (never `loss.backward()`
+        directly: under fp16 the loop scales the loss and unscales the new gradients)."""
+        loop.backward(loss)
 
     def observe_grads(self, out: ForwardOut, batch: Batch, step: StepInfo) -> None:
         """Read (never write) the gradients of every step, inside and outside the window.
@@ -261,16 +266,28 @@ class Method:
         may re-initialise or edit the model here (ReLearning).
         """
 
+    def step_branch(self, step: StepInfo) -> Hashable:
+        """Which of the method's step variants runs at `step`, beyond the phase and the window
+        (e.g. whether a curation window is open): with the batch shapes it decides the step's
+        FLOPs, which the loop counts once per distinct value (engine/flops.py). Asked before
+        the step runs; a method whose steps differ in cost must say how here (a test compares
+        the totals with counting every step, for every method)."""
+        return None
+
     def train_step(self, loop: TrainingLoop, batch: Batch, step: StepInfo) -> StepOutput:
-        """(e) one optimizer update; outside the window, the plain Baseline step."""
+        """(e) one optimizer update; outside the window, the plain Baseline step.
+
+        The loop has put the model in training mode for the pass; forward and loss run in
+        the run's precision (`loop.autocast()`), everything after them in float32.
+        """
         if not step.active:
             return self.plain_step(loop, batch, step)
         loop.zero_grad()
-        loop.model.train()
-        out = self.forward(loop.model, batch, step)
-        loss = self.loss(out, batch, step)
+        with loop.autocast():
+            out = self.forward(loop.model, batch, step)
+            loss = self.loss(out, batch, step)
         loop.check_finite(loss, step)
-        self.backward(loss, out, batch, step)
+        self.backward(loop, loss, out, batch, step)
         self.observe_grads(out, batch, step)
         self.edit_grads(out, batch, step)
         loop.optimizer_step()
@@ -282,11 +299,11 @@ class Method:
         the gradient observer, one step (§1.5): Baseline's step, on whatever model the method
         built."""
         loop.zero_grad()
-        loop.model.train()
-        out = Method.forward(self, loop.model, batch, step)
-        loss = F.cross_entropy(out.logits, batch["label"])
+        with loop.autocast():
+            out = Method.forward(self, loop.model, batch, step)
+            loss = F.cross_entropy(out.logits, batch["label"])
         loop.check_finite(loss, step)
-        loss.backward()
+        loop.backward(loss)
         self.observe_grads(out, batch, step)
         loop.optimizer_step()
         return StepOutput(loss.detach(), out)
@@ -330,8 +347,8 @@ class Method:
     def scores(self, model: MultimodalModel, features: Sequence[torch.Tensor],
                labels: torch.Tensor) -> torch.Tensor:
         """s_m = Σ_i softmax(z_m,i)[y_i] for every m, from the scoring accessor (§1.6)."""
-        with torch.no_grad():
-            detached = [f.detach() for f in features]
+        with torch.no_grad(), float32_region(labels.device):
+            detached = [f.detach().float() for f in features]
             return torch.stack([
                 model.unimodal_logits(detached, i).float().softmax(1).gather(1, labels[:, None]).sum()
                 for i in range(len(self.modalities))])

@@ -25,7 +25,7 @@ and the curation state are the method's `extra_state`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Hashable, Iterable
 
 import torch
 from torch import nn
@@ -99,6 +99,10 @@ class Greedy(Method):
         info = self.ctx.info
         return MMTMModel(base.modalities, base.encoders, base.head, info.input_shapes,
                          info.input_dtypes, self.params.ratio)
+
+    def step_branch(self, step: StepInfo) -> Hashable:
+        """A curated step detaches the caring modality's excitation input: other FLOPs."""
+        return self.caring if self.remaining > 0 else None
 
     def forward(self, model: MMTMModel, batch: Batch, step: StepInfo) -> ForwardOut:
         """Live gates, except the caring modality's while curation lasts."""

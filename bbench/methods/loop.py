@@ -2,15 +2,17 @@
 
 Methods are written against `TrainingLoop`; `bbench.engine.trainer.Trainer` implements it.
 The protocol holds what a hook may use (the model, the device, the train and validation
-splits, loaders, gradient zeroing, the NaN check, the one optimizer step) and nothing
+splits, loaders, gradient zeroing, the NaN check, the precision's autocast region and
+backward passes, the one optimizer step) and nothing
 else, so a method cannot reach the test split, the checkpoint files or the scheduler, and
 no method imports the Trainer (methods may use the engine's helpers, which import no method:
 no import cycle).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -66,7 +68,17 @@ class TrainingLoop(Protocol):
         """Stop training with the epoch and step when the loss is NaN or infinite."""
 
     def optimizer_step(self) -> None:
-        """The one optimizer update of a step (mixed precision or clipping live here)."""
+        """The one optimizer update of a step (skipped by fp16 loss scaling on overflow)."""
+
+    def autocast(self) -> AbstractContextManager:
+        """The low-precision region (`train.precision`) of a step's forward and loss."""
+
+    def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
+        """`loss.backward(**kwargs)`, the gradients of the optimizer's parameters unscaled."""
+
+    def grads(self, loss: torch.Tensor, inputs: list[torch.Tensor],
+              **kwargs: Any) -> tuple[torch.Tensor | None, ...]:
+        """`torch.autograd.grad(loss, inputs, **kwargs)`, unscaled."""
 
     def train_loader(self, dataset: Dataset, epoch: int, phase: int = 0, shuffle: bool = True,
                      drop_last: bool = True) -> DataLoader:

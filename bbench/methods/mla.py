@@ -36,7 +36,7 @@ setting does not apply: the shared head is part of the method.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,10 @@ class MLA(Method):
         self.substeps = 0
 
     # -- steps ------------------------------------------------------------------------------
+    def step_branch(self, step: StepInfo) -> Hashable:
+        """The run's very first sub-step is the only one without the projection G Pᵀ."""
+        return self.substeps == 0
+
     def train_step(self, loop: TrainingLoop, batch: Batch, step: StepInfo) -> StepOutput:
         """M sub-steps in modality order, each CE(u_m, y) into E_m and H, one update each."""
         if not step.active:
@@ -138,17 +142,17 @@ class MLA(Method):
         weight = model.head.fc.weight
         alpha = projector_alpha(step.batch_index, step.num_batches)
         labels = batch["label"]
-        model.train()
         features: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         losses: list[torch.Tensor] = []
         for i, m in enumerate(self.modalities):
             loop.zero_grad()
-            features.append(model.encoders[m](batch[m]))  # only E_m runs in sub-step m
-            u = model.unimodal_logits(features, i)
-            loss = F.cross_entropy(u, labels)
+            with loop.autocast():
+                features.append(model.encoders[m](batch[m]))  # only E_m runs in sub-step m
+                u = model.unimodal_logits(features, i)
+                loss = F.cross_entropy(u, labels)
             loop.check_finite(loss, step)
-            loss.backward()
+            loop.backward(loss)
             features[i] = features[i].detach()
             if self.substeps > 0:
                 r = model.head.pad(features[i]).float().mean(0, keepdim=True)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from bbench.config.fields import LogUniform, param
 from bbench.methods.base import ForwardOut, Method, StepInfo, WindowParams
 from bbench.methods.facts import Family
+from bbench.methods.loop import TrainingLoop
 from bbench.methods.registry import register_method
 
 
@@ -65,19 +66,20 @@ class MMPareto(Method):
                                          for i in range(len(self.modalities))]
         return F.cross_entropy(out.logits, batch["label"])
 
-    def backward(self, loss: torch.Tensor, out: ForwardOut, batch, step: StepInfo) -> None:
+    def backward(self, loop: TrainingLoop, loss: torch.Tensor, out: ForwardOut, batch,
+                 step: StepInfo) -> None:
         model = out.model
         encoders = [[p for p in model.encoders[m].parameters() if p.requires_grad]
                     for m in self.modalities]
         enc_ids = {id(p) for group in encoders for p in group}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
         flat_enc = [p for group in encoders for p in group]
-        g_mm = _grads(loss, flat_enc + rest, retain=True)
+        g_mm = _grads(loop, loss, flat_enc + rest, retain=True)
         g_mm_enc, head_grads = g_mm[:len(flat_enc)], g_mm[len(flat_enc):]
         unimodal = out.extras["unimodal_losses"]
         offset = 0
         for i, (m, params) in enumerate(zip(self.modalities, encoders)):
-            g_m = _grads(unimodal[i], params + rest, retain=i < len(self.modalities) - 1)
+            g_m = _grads(loop, unimodal[i], params + rest, retain=i < len(self.modalities) - 1)
             head_grads = [h + g for h, g in zip(head_grads, g_m[len(params):])]
             mine = g_mm_enc[offset:offset + len(params)]
             offset += len(params)
@@ -99,7 +101,8 @@ class MMPareto(Method):
         self.log.add(f"rescaled_{modality}", rescaled / max(len(params), 1))
 
 
-def _grads(loss: torch.Tensor, params: list[torch.Tensor], retain: bool) -> list[torch.Tensor]:
-    """∂loss/∂p for every p, zeros where the loss does not reach p."""
-    grads = torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+def _grads(loop: TrainingLoop, loss: torch.Tensor, params: list[torch.Tensor],
+           retain: bool) -> list[torch.Tensor]:
+    """∂loss/∂p for every p (unscaled under fp16), zeros where the loss does not reach p."""
+    grads = loop.grads(loss, params, retain_graph=retain, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]

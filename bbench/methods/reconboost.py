@@ -166,22 +166,22 @@ class ReconBoost(Method):
         m = self.modalities[index]
         others = [k for k in range(len(self.modalities)) if k != index]
         loop.zero_grad()
-        model.train()
         for k in others:
             model.encoders[self.modalities[k]].eval()
         try:
-            with torch.no_grad():
-                features: list[torch.Tensor | None] = [None] * len(self.modalities)
-                for k in others:
-                    features[k] = model.encoders[self.modalities[k]](batch[self.modalities[k]])
-                rest = model.ensemble([model.learner(features, k) for k in others])
-            features[index] = model.encoders[m](batch[m])
-            learner = model.learner(features, index)
-            per_sample, q_true = stage_loss(learner, rest, batch["label"],
-                                            self.params.weight1, self.params.weight2)
-            loss = per_sample.mean()
+            with loop.autocast():
+                with torch.no_grad():
+                    features: list[torch.Tensor | None] = [None] * len(self.modalities)
+                    for k in others:
+                        features[k] = model.encoders[self.modalities[k]](batch[self.modalities[k]])
+                    rest = model.ensemble([model.learner(features, k) for k in others])
+                features[index] = model.encoders[m](batch[m])
+                learner = model.learner(features, index)
+                per_sample, q_true = stage_loss(learner, rest, batch["label"],
+                                                self.params.weight1, self.params.weight2)
+                loss = per_sample.mean()
             loop.check_finite(loss, step)
-            loss.backward()
+            loop.backward(loss)
             loop.optimizer_step()
         finally:
             for k in others:
@@ -196,11 +196,11 @@ class ReconBoost(Method):
     def correction_step(self, loop: TrainingLoop, batch, step: StepInfo) -> StepOutput:
         """CE(β·Σ_m f_m, y) with every encoder training; every parameter, β included."""
         loop.zero_grad()
-        loop.model.train()
-        out = self.forward(loop.model, batch, step)
-        loss = F.cross_entropy(out.logits, batch["label"])
+        with loop.autocast():
+            out = self.forward(loop.model, batch, step)
+            loss = F.cross_entropy(out.logits, batch["label"])
         loop.check_finite(loss, step)
-        loss.backward()
+        loop.backward(loss)
         self.observe_grads(out, batch, step)
         loop.optimizer_step()
         self.log.add("correct_loss", loss.detach())

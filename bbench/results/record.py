@@ -21,6 +21,9 @@ from bbench.results.files import MalformedFileError, read_json, write_json
 
 SCHEMA = "bbench.run/1"
 RECORD_NAME = "record.json"
+MACHINE_METRICS = frozenset({"wall_seconds", "train_seconds", "fit_seconds", "eval_seconds",
+                             "samples_per_second", "peak_memory_bytes"})
+"""Metrics that measure the machine, not the run: they differ between any two runs."""
 
 
 @dataclass
@@ -84,7 +87,9 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, fast_path: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where a run ran: versions, machine, device, kernels, and the speed options that took
+    effect (`fast_path`: precision, layout, compilation, cuDNN autotuning, loader settings)."""
     from bbench import ops
 
     env: dict[str, Any] = {
@@ -96,4 +101,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
+    if fast_path is not None:
+        env["fast_path"] = fast_path
     return env

@@ -14,7 +14,9 @@ from bbench.runner import RunInterrupted, run
 def interrupted_and_resumed(method: str, dataset: str, after_epoch: int,
                             **overrides: Any) -> RunResult:
     """Train `method` on `dataset`, interrupt it right after epoch `after_epoch` (its checkpoint
-    written), then `--resume` it to the end and return the resumed run's result."""
+    written: checkpoints after every epoch, whatever `train.checkpoint_seconds` would allow),
+    then `--resume` it to the end and return the resumed run's result."""
+    overrides = {"train.checkpoint_seconds": 0, **overrides}
 
     def interrupt(trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         if epoch == after_epoch:

@@ -15,6 +15,7 @@ import pytest
 import bbench
 from bbench.report.bench import run_bench
 from bbench.report.table import comparison_table
+from bbench.results import MACHINE_METRICS
 from bbench.testing.resume import interrupted_and_resumed
 from tests.contract import contract_method
 
@@ -42,11 +43,8 @@ def test_run_finds_or_trains_its_input_once_and_uses_every_hook(registered, tmp_
     baselines = runs_of(tmp_path, "Baseline")
     assert len(baselines) == 1  # trained for the first run, found by spec hash for the second
     assert first.extra["inputs"] == {"teacher": [str(baselines[0])]} == second.extra["inputs"]
-    assert first.metrics == {**second.metrics, "wall_seconds": first.metrics["wall_seconds"],
-                             "peak_memory_bytes": first.metrics["peak_memory_bytes"],
-                             "train_seconds": first.metrics["train_seconds"],
-                             "eval_seconds": first.metrics["eval_seconds"],
-                             "samples_per_second": first.metrics["samples_per_second"]}
+    assert first.metrics == {**second.metrics,
+                             **{k: first.metrics[k] for k in MACHINE_METRICS}}
     history = first.history
     # the observer ran in every epoch: outside the window (epoch 0) and inside it
     assert [h["method"]["observed_active"] for h in history] == [0.0, 1.0, 1.0]

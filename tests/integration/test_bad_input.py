@@ -432,7 +432,9 @@ def test_a_second_process_is_refused_while_a_run_trains(workdir):
 
 
 def test_ctrl_c_says_how_to_continue_and_the_resumed_run_finishes(workdir, capsys):
-    proc = bbench_process(["run", "--epochs", "60", "--out", "C", *RUN_FLAGS], workdir)
+    # a checkpoint after every epoch (the default waits a minute of training between them)
+    proc = bbench_process(["run", "--epochs", "60", "--out", "C", "--set",
+                           "train.checkpoint_seconds=0", *RUN_FLAGS], workdir)
     try:
         wait_for(workdir / "C" / "checkpoint.pt", proc)
         proc.send_signal(signal.SIGINT)
@@ -476,7 +478,8 @@ def test_full_disk_while_writing_a_checkpoint(workdir, monkeypatch, capsys):
 
     with monkeypatch.context() as patch:  # undone at the end of the block, chdir stays
         patch.setattr(ckpt.torch, "save", save)
-        code, _, err = run_cli(["run", "--epochs", "3", "--out", "D", *RUN_FLAGS], capsys)
+        code, _, err = run_cli(["run", "--epochs", "3", "--out", "D", "--set",
+                                "train.checkpoint_seconds=0", *RUN_FLAGS], capsys)
     assert ckpt.torch.save is real_save
     assert len(calls) == 2
     assert_refused(code, err, "No space left on device", "the previous version is unchanged",

@@ -22,13 +22,12 @@ from bbench.study.declare import declare_study
 from bbench.study.jobs import JOBS_FILE
 from bbench.study.launch import LAUNCH_LOG, ProcessPoolLauncher, SequentialLauncher
 from bbench.study.run import run_study
+from bbench.results import MACHINE_METRICS
 from bbench.study.tune import SELECTION_FILE
 
 pytestmark = pytest.mark.slow
 
 TINY = {"dataset.options.subsample_per_class": "20", "epochs": "2"}
-# Metrics that measure the machine, not the run (they differ between any two runs).
-TIMINGS = {"wall_seconds", "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_bytes"}
 
 
 def results(root: Path) -> dict[str, tuple]:
@@ -36,7 +35,7 @@ def results(root: Path) -> dict[str, tuple]:
     found = {}
     for path in root.glob("jobs/*/record.json"):
         record = RunResult.load(path)
-        found[path.parent.name] = ({k: v for k, v in record.metrics.items() if k not in TIMINGS},
+        found[path.parent.name] = ({k: v for k, v in record.metrics.items() if k not in MACHINE_METRICS},
                                    [e.get("val_acc") for e in record.history])
     return found
 

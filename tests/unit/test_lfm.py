@@ -556,8 +556,8 @@ def test_training_flops_exceed_baselines_by_the_unimodal_heads_and_the_hvp(tmp_p
     blocks = Blocks()
     base = bbench.run("Baseline", "mfeat", output_root=str(tmp_path / "base"), **BUDGET).metrics
     lfm = bbench.run("LFM", "mfeat", output_root=str(tmp_path / "lfm"), **BUDGET).metrics
-    sampled = bbench.run("LFM", "mfeat", output_root=str(tmp_path / "sampled"),
-                         **{**BUDGET, "train.flops": "sampled"}).metrics
+    signature = bbench.run("LFM", "mfeat", output_root=str(tmp_path / "signature"),
+                           **{**BUDGET, "train.flops": "signature"}).metrics
     spec = resolve_spec("LFM", "mfeat", {"dataset.options": BUDGET["dataset.options"]})
     torch.manual_seed(0)
     model = build_multimodal_model(blocks.data.info, spec.model)
@@ -594,8 +594,8 @@ def test_training_flops_exceed_baselines_by_the_unimodal_heads_and_the_hvp(tmp_p
     assert regions["epoch_start"] == pytest.approx(EPOCHS * update, rel=1e-9)
     assert regions["step"] == pytest.approx(
         EPOCHS * blocks.pass_samples * (blocks.step() + uni_fwd + uni_bwd), rel=1e-9)
-    # The hook is counted in full even when steps are sampled.
-    assert sampled["train_flops_by_region"]["epoch_start"] == regions["epoch_start"]
+    # The hook is counted in full when steps are counted once per signature.
+    assert signature["train_flops_by_region"]["epoch_start"] == regions["epoch_start"]
     predicted = EPOCHS * blocks.pass_samples * (blocks.step() + uni_fwd + uni_bwd) + EPOCHS * update
     check(lfm, base, predicted, "LFM")
     assert lfm["train_flops"] - base["train_flops"] == pytest.approx(

@@ -1,0 +1,110 @@
+"""The Trainer's training-pass loader: seeded like every bbench loader, and its workers persist.
+
+A fresh DataLoader per epoch starts (and forks the dataset into) new worker processes every
+epoch, which on the frame datasets costs seconds per epoch; `persistent_workers` keeps them,
+but then the workers hold copies of the split made when they started, and a split's
+`set_epoch` (its augmentations are keyed by (seed, epoch, index)) in the main process no
+longer reaches them. So the sampler here yields (epoch, index) pairs and `EpochKeyed` sets
+the epoch in whichever process reads the sample: a sample is the same function of (seed,
+epoch, index) with 0, 2 or 8 workers, persistent or not.
+
+The order of pass (epoch, phase) is the one a fresh `DataLoader(shuffle=True,
+generator=...)` seeded with `loader_seed(seed, epoch, phase)` draws (`Trainer.train_loader`,
+which methods use): that loader takes one int64 draw from its generator when an iteration
+starts (the workers' base seed), then `torch.randperm`. The sampler here
+makes the same draws, so bbench's shuffles (and every committed baseline) are unchanged; a
+property test compares the two orders for random sizes and seeds, and fails if a torch
+release changes the DataLoader's draws.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+DATALOADER_DRAWS = 1
+"""Draws a DataLoader takes from its generator before its sampler's first (torch 2.x: the
+workers' base seed)."""
+
+
+def loader_seed(seed: int, epoch: int, phase: int) -> int:
+    """Shuffling seed of one pass: a function of (run seed, epoch, phase) so resume needs no state."""
+    return (seed * 1_000_003 + epoch * 1_009 + phase) % (2**63 - 1)
+
+
+class EpochKeyed(Dataset):
+    """A split read by (epoch, index) keys: the epoch is set in the reading process."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+        self._set_epoch: Callable[[int], None] | None = getattr(base, "set_epoch", None)
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def _at(self, epoch: int) -> None:
+        if self._set_epoch is not None:
+            self._set_epoch(epoch)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        self._at(epoch)
+        return self.base[index]
+
+    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> Any:
+        """One batch (its keys share an epoch); the base's own batched read when it has one."""
+        self._at(keys[0][0])
+        indices = [index for _, index in keys]
+        getitems = getattr(self.base, "__getitems__", None)
+        return getitems(indices) if getitems is not None else [self.base[i] for i in indices]
+
+
+class SeededBatches(Sampler[list[tuple[int, int]]]):
+    """Batches of (epoch, index) keys of the pass set by `at(epoch, phase)`, drop_last."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch, self.phase = 0, 0
+
+    def at(self, epoch: int, phase: int) -> None:
+        self.epoch, self.phase = epoch, phase
+
+    def __len__(self) -> int:
+        return self.size // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        generator = torch.Generator().manual_seed(loader_seed(self.seed, self.epoch, self.phase))
+        for _ in range(DATALOADER_DRAWS):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield [(self.epoch, i) for i in order[start:start + self.batch_size]]
+
+
+class PassLoaders:
+    """One persistent loader per training split; `for_pass` re-seeds it for a pass."""
+
+    def __init__(self, batch_size: int, seed: int, collate: Callable,
+                 options: dict[str, Any]) -> None:
+        self.batch_size, self.seed, self.collate = batch_size, seed, collate
+        self.options = {**options, "persistent_workers": options.get("num_workers", 0) > 0}
+        self._split: Dataset | None = None
+        self._loader: DataLoader | None = None
+        self._batches: SeededBatches | None = None
+
+    def for_pass(self, split: Dataset, epoch: int, phase: int) -> DataLoader:
+        """The loader over `split` in the order of pass (epoch, phase). A split other than
+        the last one (a method's resampled set) gets a new loader and new workers."""
+        if split is not self._split:
+            self._batches = SeededBatches(len(split), self.batch_size, self.seed)  # type: ignore[arg-type]
+            self._loader = DataLoader(EpochKeyed(split), batch_sampler=self._batches,
+                                      collate_fn=self.collate, **self.options)
+            self._split = split
+        self._batches.at(epoch, phase)
+        return self._loader
+
+    def close(self) -> None:
+        """Let the workers go (they exit when their loader is collected)."""
+        self._split = self._loader = self._batches = None

@@ -1,0 +1,74 @@
+"""The Trainer's pass loader (engine/loading.py): the same order as every bbench loader, and
+samples that are a function of (seed, epoch, index) with persistent workers too."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch.utils.data import DataLoader, Dataset
+
+from bbench.data.base import TensorMultimodalDataset, collate_samples
+from bbench.engine.loading import PassLoaders, loader_seed
+
+
+class EpochTagged(Dataset):
+    """Sample i of epoch e is (i, e): what an augmentation keyed by epoch would depend on."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.epoch = n, -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"index": torch.tensor(i), "epoch": torch.tensor(self.epoch)}
+
+
+def reference_order(n: int, batch_size: int, seed: int, epoch: int, phase: int) -> list[list[int]]:
+    """What `Trainer.train_loader` (shuffle with a seeded generator, drop_last) yields."""
+    generator = torch.Generator().manual_seed(loader_seed(seed, epoch, phase))
+    loader = DataLoader(range(n), batch_size=batch_size, shuffle=True, drop_last=True,
+                        generator=generator)
+    return [b.tolist() for b in loader]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 70), batch_size=st.integers(1, 16), seed=st.integers(0, 10**6),
+       epoch=st.integers(0, 100), phase=st.integers(0, 3))
+def test_a_pass_has_the_order_of_the_seeded_dataloader(n, batch_size, seed, epoch, phase):
+    labels = torch.arange(n)
+    split = TensorMultimodalDataset({"a": labels.float()[:, None]}, labels)
+    loader = PassLoaders(batch_size, seed, collate_samples, {"num_workers": 0}).for_pass(
+        split, epoch, phase)
+    assert [b["index"].tolist() for b in loader] == reference_order(n, batch_size, seed, epoch,
+                                                                     phase)
+
+
+def passes(num_workers: int, epochs: int = 3) -> list[list[tuple[int, int]]]:
+    split = EpochTagged(20)
+    loaders = PassLoaders(4, 7, collate_samples, {"num_workers": num_workers})
+    seen = []
+    for epoch in range(epochs):
+        split.set_epoch(epoch)  # what the Trainer does; workers never see this call
+        loader = loaders.for_pass(split, epoch, 0)
+        seen.append([(int(i), int(e)) for b in loader for i, e in zip(b["index"], b["epoch"])])
+    assert loader.persistent_workers == (num_workers > 0)
+    loaders.close()
+    return seen
+
+
+@pytest.mark.slow
+def test_persistent_workers_read_each_epoch_as_the_main_process_does():
+    inline, workers = passes(0), passes(2)
+    assert inline == workers
+    assert all(e == epoch for epoch, rows in enumerate(workers) for _, e in rows)
+
+
+def test_the_same_split_keeps_its_loader_and_a_new_split_gets_one():
+    loaders = PassLoaders(2, 0, collate_samples, {"num_workers": 0})
+    a, b = EpochTagged(6), EpochTagged(6)
+    first = loaders.for_pass(a, 0, 0)
+    assert loaders.for_pass(a, 1, 0) is first and loaders.for_pass(b, 1, 0) is not first
