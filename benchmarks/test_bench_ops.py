@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bbench import ops
+from bbench.benchmarking.kernels import loop_mul, loop_with_std
 from bbench.config.specs import EncoderSpec, ModelSpec
 from bbench.data.base import DataInfo, TensorMultimodalDataset
 from bbench.engine.evaluate import eval_loader
@@ -54,21 +55,9 @@ def encoder_grads(kind: str):
             grads.append(torch.randn_like(p))
             group.append(j)
     return grads, torch.tensor(group), group
+
+
 # ---- grad_scale_ --------------------------------------------------------------------------------
-
-def loop_with_std(grads, groups, coeffs, noise):
-    """The per-parameter loop of public toolkits (OGM-GE style): std read on the host."""
-    for g, j in zip(grads, groups):
-        std = g.std().item()
-        g.mul_(coeffs[j])
-        if noise:
-            g.add_(torch.zeros_like(g).normal_(0, std + 1e-8))
-
-
-def loop_mul(grads, groups, coeffs):
-    for g, j in zip(grads, groups):
-        g.mul_(coeffs[j])
-
 
 @pytest.mark.parametrize("impl", ["ext", "ref", "loop", "loop-mul"])
 @pytest.mark.parametrize("noise", [False, True], ids=["noise=False", "noise=True"])

@@ -8,6 +8,9 @@ from typing import Any
 
 log = logging.getLogger("bbench")
 
+FLUSH_SECONDS = 10
+"""At most this long until a running job's scalars are visible in TensorBoard."""
+
 
 def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
@@ -23,7 +26,9 @@ class TensorBoardLogger:
     def __init__(self, log_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        # The writer's own thread writes the events out every FLUSH_SECONDS (and on close):
+        # a flush after every epoch cost a short run more than its steps' own bookkeeping.
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=FLUSH_SECONDS)
 
     def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         for key, value in record.items():
@@ -32,7 +37,6 @@ class TensorBoardLogger:
                     self.writer.add_scalar(f"method/{name}", v, epoch)
             elif isinstance(value, (int, float)) and key != "epoch":
                 self.writer.add_scalar(key, value, epoch)
-        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -182,7 +182,7 @@ class Trainer:
         with self.flops.count("epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct: dict[str, torch.Tensor] = {}
+        correct: dict[tuple[str, ...], torch.Tensor] = {}  # metric names -> their counts
         steps, seen = 0, 0
         set_epoch = getattr(train_set, "set_epoch", None)
         if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)
@@ -222,7 +222,8 @@ class Trainer:
         record: dict[str, Any] = {
             "epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / max(steps, 1),
             "steps": steps, "train_samples": seen,
-            **{f"train_{k}": float(v) / max(seen, 1) for k, v in correct.items()},
+            **{f"train_{k}": float(v) / max(seen, 1) for keys, counts in correct.items()
+               for k, v in zip(keys, counts.tolist())},
             **{f"val_{k}": v for k, v in val.items()},
             "method": self._method_record(epoch),
             "seconds": time.perf_counter() - start,
@@ -257,18 +258,17 @@ class Trainer:
 
     @torch.no_grad()
     def _count_correct(self, out: ForwardOut, labels: torch.Tensor,
-                       correct: dict[str, torch.Tensor]) -> None:
+                       correct: dict[tuple[str, ...], torch.Tensor]) -> None:
         """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted).
 
         Modalities are named by the step's model, not the dataset: a Unimodal model on `mor`
-        has one feature, and it is `mor`'s. Counts stay on the device until the epoch ends.
+        has one feature, and it is `mor`'s. One [1 + M] count per step, kept on the device
+        until the epoch ends.
         """
-        hits = [(out.logits.argmax(1) == labels).sum()]
-        hits += [(out.unimodal_scoring(i).argmax(1) == labels).sum()
-                 for i in range(len(out.model.modalities))]
-        keys = ["acc", *(f"acc_{m}" for m in out.model.modalities)]
-        for key, value in zip(keys, hits):
-            correct[key] = correct[key] + value if key in correct else value
+        logits = torch.cat([out.logits.detach().float()[None], out.all_unimodal_scoring()])
+        hits = (logits.argmax(-1) == labels).sum(-1)
+        key = ("acc", *(f"acc_{m}" for m in out.model.modalities))
+        correct[key] = correct[key] + hits if key in correct else hits
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:

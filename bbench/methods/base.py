@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Hashable, Literal, Sequence
+from typing import Any, ClassVar, Hashable, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +62,16 @@ class ForwardOut:
     def unimodal_scoring(self, index: int) -> torch.Tensor:
         """Scoring accessor: z_m from sg(W), sg(b), sg(h); creates no gradient. Float32 even
         when the forward ran in a low-precision autocast region (scores are method math)."""
+        return self._scoring([index])[0]
+
+    def all_unimodal_scoring(self) -> torch.Tensor:
+        """[M, B, K]: the scoring accessor of every modality, in one no-gradient region."""
+        return self._scoring(range(len(self.model.modalities)))
+
+    def _scoring(self, indices: Iterable[int]) -> torch.Tensor:
         with torch.no_grad(), float32_region(self.logits.device):
-            return self.model.unimodal_logits([f.detach().float() for f in self.features], index)
+            detached = [f.detach().float() for f in self.features]
+            return torch.stack([self.model.unimodal_logits(detached, i) for i in indices])
 
 
 @dataclass

@@ -1,0 +1,156 @@
+"""Harness overhead: `bbench.run` against a hand-written loop doing identical work (issue 14).
+
+Why: bbench should cost next to nothing over what an expert would write by hand. The hand
+loop (`bbench.testing.hand_loop.HandLoop`) trains the same model from the same initial
+weights on the same batches with the same optimizer, scheduler, per-epoch validation and
+model selection (`tests/unit/test_hand_loop.py` proves it bit for bit), so the difference in
+time is the harness's own work: method hooks, FLOP counting, training accuracy, checkpoints,
+logging.
+
+Groups (pytest-benchmark ``group``), run in one process, interleaved: before every timed
+``bbench.run`` its untimed setup runs the hand loop (hand, bbench, hand, bbench, ...;
+``REPEATS`` of each, after one untimed 1-epoch warm-up of both):
+
+- ``overhead/mfeat`` with impl ``flops=default`` (the mfeat preset exactly: 70 epochs, batch
+  64, the default FLOP counting) and ``flops=off`` (``train.flops = "off"``);
+- ``overhead/resnet18-av`` with impl ``flops=default``: bbench's ResNet18 audio-visual pair
+  under the CREMA-D preset's training settings, on random in-memory tensors of CREMA-D's
+  shapes (audio (1, 300, 128); visual 2 frames of 3 x 224 x 224, reduced here to
+  ``AV_IMAGE_SIZE`` so that a 2-core CPU finishes; ``AV_SIZES`` lists the split sizes, the
+  batch and the epochs). Loader workers are off (``num_workers = 0``; the preset's 4 are for
+  decoding files): the tensors are in memory, and workers would only add the processes' start
+  and the batches' transfer, which the hand loop's fresh loader per epoch pays more often than
+  bbench's persistent ones, so the ratio would flatter bbench.
+
+The benchmark's own statistics are ``bbench.run``'s wall time. ``extra_info`` holds the
+comparison: ``hand_seconds`` (the hand loop's epochs), ``fit_seconds`` (the record's
+``fit_seconds``: the wall time of ``Trainer.fit``, the same scope), ``wall_seconds`` (the
+whole run: data, fit, test evaluation, record), each per repeat, their medians, and
+``ratio`` = the median over the repeats of fit_seconds / hand_seconds (each pair ran under the
+same machine conditions). Nothing about speed is asserted: the targets are in
+docs/benchmarks.md. Each ratio is printed (``-s`` shows it).
+
+    pytest benchmarks/test_bench_overhead.py --benchmark-only -s --benchmark-json=overhead.json
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import bbench
+from bbench.config.fields import param
+from bbench.config.resolve import resolve_spec
+from bbench.config.specs import DatasetSpec
+from bbench.data.base import DataInfo, DataModule, TensorMultimodalDataset
+from bbench.data.registry import DatasetEntry, register_dataset
+from bbench.testing.hand_loop import HandLoop
+
+REPEATS = 3
+FIT_KEY = "fit_seconds"
+"""The run record's training-loop time, the scope the hand loop's `seconds` measures."""
+
+AV_DATASET = "cremad_shaped"
+AV_IMAGE_SIZE = 64
+AV_SIZES = {"n_train": 16, "n_val": 8, "n_test": 6, "batch_size": 8, "epochs": 2}
+"""Two steps per epoch: on a 2-core CPU one step of the pair takes about 0.8 s at these sizes."""
+
+
+@dataclass(frozen=True)
+class ShapedOptions:
+    """Options of the benchmark's CREMA-D-shaped dataset; the CREMA-D preset sets the first two."""
+
+    frames_per_clip: int = param(2, ge=1)
+    audio_frames: int = param(300, ge=1)
+    mel_bins: int = param(128, ge=1)
+    image_size: int = param(224, ge=8)
+    n_train: int = param(16, ge=1)
+    n_val: int = param(8, ge=1)
+    n_test: int = param(6, ge=1)
+
+
+def build_shaped(spec: DatasetSpec, options: ShapedOptions) -> DataModule:
+    """Random tensors of CREMA-D's shapes, held in memory: no decoding, so both loops time
+    the model's work and nothing of a file loader; labels cycle through the 6 classes."""
+    shapes = {"audio": (1, options.audio_frames, options.mel_bins),
+              "visual": (options.frames_per_clip, 3, options.image_size, options.image_size)}
+    generator = torch.Generator().manual_seed(spec.split_seed)
+
+    def split(n: int) -> TensorMultimodalDataset:
+        features = {m: torch.randn((n, *shape), generator=generator) for m, shape in shapes.items()}
+        return TensorMultimodalDataset(features, torch.arange(n) % 6)
+
+    info = DataInfo(name=AV_DATASET, modalities=tuple(shapes), num_classes=6,
+                    input_shapes=shapes, input_dtypes={m: torch.float32 for m in shapes})
+    return DataModule(info=info, train=split(options.n_train), val=split(options.n_val),
+                      test=split(options.n_test))
+
+
+register_dataset(DatasetEntry(
+    name=AV_DATASET, build=build_shaped, options=ShapedOptions, modalities=("audio", "visual"),
+    available_modalities=("audio", "visual"), num_classes=6,
+    description="random in-memory tensors of CREMA-D's shapes (the overhead benchmark)"))
+
+
+@dataclass(frozen=True)
+class Case:
+    dataset: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+
+
+CASES = {
+    ("mfeat", "flops=default"): Case("mfeat"),
+    ("mfeat", "flops=off"): Case("mfeat", {"train.flops": "off"}),
+    ("resnet18-av", "flops=default"): Case(
+        AV_DATASET, {"batch_size": AV_SIZES["batch_size"], "epochs": AV_SIZES["epochs"],
+                     "num_workers": 0,
+                     "dataset.options": {"image_size": AV_IMAGE_SIZE,
+                                         **{k: v for k, v in AV_SIZES.items() if k.startswith("n_")}}},
+        preset="cremad"),
+}
+
+
+def timed_run(case: Case, overrides: dict[str, Any]) -> dict[str, Any]:
+    """One `bbench.run` of the case's reference method; its metrics."""
+    return bbench.run(None, case.dataset, preset=case.preset, **overrides).metrics
+
+
+@pytest.mark.parametrize(("model", "impl"), list(CASES), ids=["/".join(k) for k in CASES])
+def test_overhead(benchmark, tmp_path: Path, model: str, impl: str) -> None:
+    case = CASES[(model, impl)]
+    overrides = {**case.overrides, "progress": False, "output_root": str(tmp_path)}
+    spec = resolve_spec(None, case.dataset, overrides, case.preset)
+    warm = {**overrides, "epochs": 1}
+    HandLoop(resolve_spec(None, case.dataset, warm, case.preset)).fit()
+    if FIT_KEY not in timed_run(case, warm):
+        pytest.skip(f"the run record has no metrics[{FIT_KEY!r}] (the wall time of Trainer.fit) "
+                    f"to compare the hand loop with; this bbench does not report it yet")
+
+    hand: list[float] = []
+    runs: list[dict[str, Any]] = []
+
+    def hand_first() -> None:
+        hand.append(HandLoop(spec).fit().seconds)
+
+    benchmark.group = f"overhead/{model}"
+    benchmark.pedantic(lambda: runs.append(timed_run(case, overrides)), setup=hand_first,
+                       rounds=REPEATS, iterations=1)
+    fit = [r[FIT_KEY] for r in runs]
+    wall = [r["wall_seconds"] for r in runs]
+    ratio = statistics.median(f / h for f, h in zip(fit, hand))
+    benchmark.extra_info.update({
+        "hand_seconds": hand, "fit_seconds": fit, "wall_seconds": wall,
+        "hand_median": statistics.median(hand), "fit_median": statistics.median(fit),
+        "wall_median": statistics.median(wall), "ratio": ratio,
+        "wall_ratio": statistics.median(w / h for w, h in zip(wall, hand)),
+        "train_flops_mode": runs[0]["train_flops_mode"], "epochs": spec.train.epochs,
+        "batch_size": spec.train.batch_size, "train_steps": runs[0]["train_steps"],
+    })
+    print(f"\n{model} {impl} ({spec.train.flops}): hand {statistics.median(hand):.3f} s, "
+          f"bbench fit {statistics.median(fit):.3f} s, ratio {ratio:.3f}x "
+          f"(wall {statistics.median(wall):.3f} s)")
