@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from bbench.data.errors import DataFormatError, malformed, missing
 from bbench.data.file_splits import assemble, carve_and_assemble
 from bbench.data.index_cache import cached_json, digest, stamp
 from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
-from bbench.data.pack import ARRAY, FRAMES, Pack, stored_array, with_pack
+from bbench.data.pack import Pack, Source, clip_streams, stored_array, with_pack
 from bbench.data.reading import decode_image, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport, no_usable_samples
@@ -121,8 +121,8 @@ class BalancedAVReader:
                                      str(record.audio), NAME, warn)
         if "visual" in self.modalities:
             picks = frame_indices(record.frames, opts.frames_per_clip, rng)
-            frames = stack_frames([self.pack.frame(position, "visual", k) for k in picks]
-                                  if self.pack is not None else self._frames(record, picks))
+            frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
+                      else stack_frames(self._frames(record, picks)))
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
             out["visual"] = normalise_rgb(frames)
@@ -144,13 +144,19 @@ class BalancedAVReader:
 
     @property
     def pack_streams(self) -> dict[str, str]:
-        return {m: FRAMES if m == "visual" else ARRAY for m in self.modalities}
+        """The pack's streams of this reader: frames for visual, an array for audio."""
+        return clip_streams(self.modalities)
 
-    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+    def pack_sources(self, position: int) -> dict[str, Source]:
+        """The HDF5 file (stamped, with its frame count) and the pickled spectrogram (stamped)."""
         record = self.records[position]
-        return {m: [record.hdf5 if m == "visual" else record.audio] for m in self.modalities}
+        sources = {"visual": Source(record.hdf5.parent, (record.hdf5.name,), record.frames,
+                                    stamped=True),
+                   "audio": Source(record.audio.parent, (record.audio.name,), 1, stamped=True)}
+        return {m: sources[m] for m in self.modalities}
 
     def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        """The stored spectrogram and every frame of the key, decoded as `load` decodes them."""
         record = self.records[position]
         out: dict[str, list[np.ndarray]] = {}
         if "audio" in self.modalities:
@@ -159,6 +165,11 @@ class BalancedAVReader:
         if "visual" in self.modalities:
             out["visual"] = [f.numpy() for f in self._frames(record, list(range(record.frames)))]
         return out
+
+    def pack_subset(self, positions: Sequence[int]) -> "BalancedAVReader":
+        """A reader of the keys at `positions` only: what one chunk's build job pickles."""
+        return BalancedAVReader([self.records[p] for p in positions], self.modalities,
+                                self.options)
 
 
 def read_annotations(path: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:

@@ -19,7 +19,7 @@ import torch
 from bbench.data.base import DataInfo
 from bbench.data.index_cache import list_clip_frames
 from bbench.data.options import ClipOptions
-from bbench.data.pack import ARRAY, FRAMES, Pack, stored_array
+from bbench.data.pack import Pack, Source, clip_streams, stored_array
 from bbench.data.reading import decode_image
 from bbench.data.skips import SkipReport
 from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
@@ -61,8 +61,8 @@ class FolderClipReader:
                                      str(record.audio), self.dataset, warn)
         if "visual" in self.modalities:
             picks = frame_indices(len(record.frames), opts.frames_per_clip, rng)
-            frames = stack_frames([self.pack.frame(position, "visual", k) if self.pack is not None
-                                   else self._decode(position, k) for k in picks])
+            frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
+                      else stack_frames([self._decode(position, k) for k in picks]))
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
             out["visual"] = normalise_rgb(frames)
@@ -77,14 +77,18 @@ class FolderClipReader:
 
     @property
     def pack_streams(self) -> dict[str, str]:
-        return {m: FRAMES if m == "visual" else ARRAY for m in self.modalities}
+        """The pack's streams of this reader: frames for visual, an array for audio."""
+        return clip_streams(self.modalities)
 
-    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+    def pack_sources(self, position: int) -> dict[str, Source]:
+        """The audio file (stamped) and the frame folder with its frame names."""
         record = self.records[position]
-        sources = {"audio": [record.audio], "visual": [record.frames_dir / f for f in record.frames]}
+        sources = {"audio": Source(record.audio.parent, (record.audio.name,), 1, stamped=True),
+                   "visual": Source(record.frames_dir, record.frames, len(record.frames))}
         return {m: sources[m] for m in self.modalities}
 
     def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        """The stored spectrogram and every frame of the clip, decoded as `load` decodes them."""
         record = self.records[position]
         out: dict[str, list[np.ndarray]] = {}
         if "audio" in self.modalities:
@@ -93,6 +97,11 @@ class FolderClipReader:
         if "visual" in self.modalities:
             out["visual"] = [self._decode(position, k).numpy() for k in range(len(record.frames))]
         return out
+
+    def pack_subset(self, positions: Sequence[int]) -> "FolderClipReader":
+        """A reader of the clips at `positions` only: what one chunk's build job pickles."""
+        return FolderClipReader(self.dataset, [self.records[p] for p in positions],
+                                self.modalities, self.options, self.load_audio)
 
 
 def clip_info(name: str, modalities: Sequence[str], num_classes: int, options: ClipOptions

@@ -29,7 +29,7 @@ from bbench.data.base import DataInfo, DataModule
 from bbench.data.errors import DataFormatError, MissingDataError, malformed, missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.options import CommonOptions, data_path, dataset_root
-from bbench.data.pack import FRAMES, Pack, with_pack
+from bbench.data.pack import FRAMES, Pack, Source, with_pack
 from bbench.data.reading import decode_image
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
@@ -200,13 +200,24 @@ class Food101Reader:
 
     @property
     def pack_streams(self) -> dict[str, str]:
+        """The pack's stream of this reader: the image, when visual is selected (titles have
+        their own token cache)."""
         return {"visual": FRAMES} if "visual" in self.modalities else {}
 
-    def pack_sources(self, position: int) -> dict[str, list[Path]]:
-        return {s: [self.records[position][2]] for s in self.pack_streams}
+    def pack_sources(self, position: int) -> dict[str, Source]:
+        """The row's image file (stamped)."""
+        path = self.records[position][2]
+        return {s: Source(path.parent, (path.name,), 1, stamped=True) for s in self.pack_streams}
 
     def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        """The row's image, decoded as `load` decodes it."""
         return {s: [self._decode(position).numpy()] for s in self.pack_streams}
+
+    def pack_subset(self, positions: Sequence[int]) -> "Food101Reader":
+        """A reader of the rows at `positions` only: what one chunk's build job pickles."""
+        tokens = self.tokens[list(positions)].numpy() if self.tokens is not None else None
+        return Food101Reader([self.records[p] for p in positions], tokens, self.modalities,
+                             self.options)
 
 
 def build_food101(spec: DatasetSpec, options: Food101Options) -> DataModule:

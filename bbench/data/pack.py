@@ -21,20 +21,24 @@ Layout of one pack, `<root>/.bbench_pack/<split>-<key>/`:
     build.json            written first: the key and the digest of the entry list (resume record)
     c00000.index.npy      int64 rows (entry, stream, offset, ndim, d0, d1, d2) of chunk 0's items
     c00000.<stream>.bin   chunk 0's items of one stream, raw C-order bytes, one after the other
-    manifest.json         written last: the key, entry ids, per-stream source signatures, and
-                          the size and sha256 of every chunk file
+    manifest.json         written last: the key, entry ids, per-stream source signatures, the
+                          size and sha256 of every chunk file, the decoder versions
 
-A pack is complete when `manifest.json` exists. Opening one compares every chunk file's size
-with the manifest (a stat per file); `pack_verify=true` also re-hashes every file.
+A pack is complete when `manifest.json` exists. Opening one checks the manifest's structure,
+compares every chunk file's size with it (a stat per file; `pack_verify=true` also re-hashes
+every file), each sample's source signature (its folder and file names, and the size and
+mtime of a single-file source: one stat per sample) and each sample's item count with the
+data's. A process keeps at most MAX_OPEN_MAPS chunk files mapped.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -42,12 +46,15 @@ import torch
 from bbench.data.errors import DataFormatError, MissingDataError, malformed
 from bbench.data.index_cache import digest
 from bbench.data.options import CommonOptions
+from bbench.data.transforms import stack_frames
+from bbench.results.files import MalformedFileError, read_json
 
 log = logging.getLogger("bbench")
 
 PACK_DIRNAME = ".bbench_pack"
-FORMAT_VERSION = 1
-"""Bumped whenever the layout of a pack changes; a pack of another version is rebuilt."""
+FORMAT_VERSION = 2
+"""Bumped whenever the layout of a pack or its signatures change; a pack of another version is
+rebuilt (2: signatures cover the size and mtime of single-file sources)."""
 BUILD_FILE = "build.json"
 MANIFEST_FILE = "manifest.json"
 FRAMES, ARRAY = "frames", "array"
@@ -57,6 +64,25 @@ MANIFEST_KEYS = ("key", "streams", "ids", "signatures", "chunks")
 """What a manifest must hold to be read."""
 INDEX_COLUMNS = 7
 """Columns of a chunk index row: entry, stream, offset (in items' elements), ndim, d0, d1, d2."""
+MAX_OPEN_MAPS = 128
+"""Chunk files one process keeps memory-mapped; the least recently used beyond it is closed
+(each map holds a file descriptor, and a large split has thousands of chunk files)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """The files one stream of a sample is decoded from, and how many items it yields.
+
+    `names` are file names inside `folder`; a frame folder's signature covers the folder and
+    its names (a stat per frame would make opening a large split slow), a single-file source
+    (`stamped`: an audio file, an HDF5 file, an image) also its size and modification time,
+    so a file rewritten in place under the same name makes the pack stale.
+    """
+
+    folder: Path
+    names: Sequence[str]
+    count: int
+    stamped: bool = False
 
 
 class PackableReader(Protocol):
@@ -72,7 +98,7 @@ class PackableReader(Protocol):
         """Stream name -> FRAMES or ARRAY, for the streams this reader reads."""
         ...
 
-    def pack_sources(self, position: int) -> dict[str, list[Path]]:
+    def pack_sources(self, position: int) -> dict[str, Source]:
         """The files each stream of a sample is decoded from (what its signature covers)."""
         ...
 
@@ -80,8 +106,17 @@ class PackableReader(Protocol):
         """Each stream's decoded items of a sample, as the reader's decode step yields them."""
         ...
 
+    def pack_subset(self, positions: Sequence[int]) -> "PackableReader":
+        """A reader of the samples at `positions` only (what one chunk's build job carries)."""
+        ...
+
 
 R = TypeVar("R", bound=PackableReader)
+
+
+def clip_streams(modalities: Sequence[str]) -> dict[str, str]:
+    """The pack streams of an audio + frames reader: frames for visual, arrays for audio."""
+    return {m: FRAMES if m == "visual" else ARRAY for m in modalities}
 
 
 def pack_key(dataset: str, split: str, frame_short_side: Optional[int]) -> dict[str, Any]:
@@ -101,24 +136,46 @@ def pack_command(dataset: str, root: Path, frame_short_side: Optional[int]) -> s
     return f"python -m bbench prepare {dataset} --pack --data-root {root}{size}"
 
 
-def source_signature(paths: Sequence[Path], root: Path) -> str:
-    """A short digest of a sample's source files, named relative to the data root.
+def decoder_versions() -> dict[str, str]:
+    """The versions of the libraries that decode and resize frames: a pack records those it was
+    built with, since another Pillow or torchvision may decode or resize a frame differently."""
+    import PIL
+    import torchvision
 
-    Relative names keep a pack valid when the whole data folder moves; a file added,
-    removed or renamed changes the signature (files rewritten in place under the same name
-    do not: rebuild with `--overwrite` after that, as after editing a frame folder in place).
+    return {"Pillow": PIL.__version__, "torchvision": torchvision.__version__}
+
+
+def source_signature(source: Source, root: Path) -> str:
+    """A short digest of a sample's source files, the folder named relative to the data root.
+
+    Relative names keep a pack valid when the whole data folder moves (a move keeps the files'
+    modification times); a file added, removed or renamed changes the signature, and so does a
+    single-file source rewritten in place. Frames rewritten in place under the same names are
+    not seen: rebuild with `--overwrite` after editing a frame folder in place.
     """
-    return digest([os.path.relpath(p, root) for p in paths], 16)
+    stamps: list[int] = []
+    if source.stamped:
+        for name in source.names:
+            try:
+                facts = os.stat(source.folder / name)
+                stamps += [facts.st_size, facts.st_mtime_ns]
+            except OSError:
+                stamps += [-1, -1]
+    return digest([os.path.relpath(source.folder, root), *source.names, *stamps], 16)
 
 
-def signatures(reader: PackableReader, root: Path) -> dict[str, list[str]]:
-    """Per stream, the source signature of every sample of the reader, in position order."""
-    out: dict[str, list[str]] = {stream: [] for stream in reader.pack_streams}
+def signatures(reader: PackableReader, root: Path
+               ) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Per stream, the source signature and the item count of every sample, in position order."""
+    streams = list(reader.pack_streams)
+    sigs: dict[str, list[str]] = {stream: [] for stream in streams}
+    counts = {stream: np.zeros(len(reader.ids), dtype=np.int64) for stream in streams}
     for position in range(len(reader.ids)):
         sources = reader.pack_sources(position)
-        for stream in out:
-            out[stream].append(source_signature(sources[stream], root))
-    return out
+        for stream in streams:
+            sigs[stream].append(source_signature(sources[stream], root))
+            counts[stream][position] = sources[stream].count
+    return sigs, counts
 
 
 def list_digest(ids: Sequence[str], sigs: Mapping[str, Sequence[str]],
@@ -148,6 +205,7 @@ def stored_array(value: Any, source: str, dataset: str) -> np.ndarray:
 
 
 def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 4 MiB blocks (chunk files are too large to read whole)."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -155,114 +213,194 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
+def manifest_problem(manifest: Any) -> Optional[str]:
+    """What makes a parsed manifest unusable (None: nothing), so that a hand-edited or foreign
+    manifest is one message instead of a KeyError deep in the checks."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    lacking = [k for k in MANIFEST_KEYS if k not in manifest]
+    if lacking:
+        return f"it lacks {', '.join(lacking)}"
+    ids, streams, sigs, chunks = (manifest[k] for k in ("ids", "streams", "signatures", "chunks"))
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return "'ids' is not a list of sample ids"
+    if not isinstance(streams, dict) or not all(v in STREAM_DTYPES for v in streams.values()):
+        return f"'streams' does not map stream names to {' or '.join(STREAM_DTYPES)}"
+    if not isinstance(sigs, dict) or any(not isinstance(sigs.get(s), list)
+                                         or len(sigs[s]) != len(ids) for s in streams):
+        return "'signatures' does not hold one signature per id for every stream"
+    if not isinstance(chunks, list):
+        return "'chunks' is not a list"
+    for chunk in chunks:
+        files = chunk.get("files") if isinstance(chunk, dict) else None
+        if (not isinstance(files, dict) or not isinstance(chunk.get("name"), str)
+                or not all(isinstance(f, dict) and isinstance(f.get("bytes"), int)
+                           and isinstance(f.get("sha256"), str) for f in files.values())):
+            return "a chunk lacks its name or the bytes and sha256 of its files"
+    return None
+
+
 def read_manifest(path: Path, dataset: str, rebuild: str) -> dict[str, Any]:
+    """The parsed `manifest.json`, or one DataFormatError naming the file and the rebuild."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as err:
-        raise DataFormatError(f"{dataset}: the pack manifest {path} cannot be read ({err}); "
-                              f"rebuild the pack with `{rebuild} --overwrite`") from None
+        manifest = read_json(path, "pack manifest")
+        problem = manifest_problem(manifest)
+    except (OSError, MalformedFileError) as err:
+        problem = str(err)
+    if problem is not None:
+        raise DataFormatError(f"{dataset}: the pack manifest {path} cannot be read ({problem}); "
+                              f"rebuild the pack with `{rebuild} --overwrite`")
     return manifest
 
 
-def check_files(folder: Path, manifest: Mapping[str, Any], dataset: str, rebuild: str,
-                verify: bool) -> None:
-    """Every chunk file present with the manifest's size (and, with `verify`, its sha256)."""
+def file_problems(folder: Path, manifest: Mapping[str, Any], verify: bool
+                  ) -> Iterator[tuple[str, Path, str]]:
+    """(chunk, file, what is wrong) for every chunk file that is missing, has another size than
+    the manifest's or (with `verify`) another sha256: the one check behind opening a pack
+    (the first problem is an error) and re-running `prepare --pack` (each bad chunk rebuilt)."""
     for chunk in manifest["chunks"]:
         for name, facts in chunk["files"].items():
             path = folder / name
             try:
                 size = path.stat().st_size
             except OSError:
-                raise DataFormatError(f"{dataset}: pack file {path} is missing; the pack is "
-                                      f"damaged: re-run `{rebuild}` to rebuild it") from None
+                yield chunk["name"], path, "is missing"
+                continue
             if size != facts["bytes"]:
-                raise DataFormatError(f"{dataset}: pack file {path} has {size} bytes, its "
-                                      f"manifest says {facts['bytes']}: it is truncated or was "
-                                      f"replaced; re-run `{rebuild}` to rebuild it")
-            if verify and file_sha256(path) != facts["sha256"]:
-                raise DataFormatError(f"{dataset}: pack file {path} does not match the sha256 "
-                                      f"in its manifest: it is damaged; re-run `{rebuild}` to "
-                                      f"rebuild it")
+                yield chunk["name"], path, (f"has {size} bytes, its manifest says "
+                                            f"{facts['bytes']}: it is truncated or was replaced")
+            elif verify and file_sha256(path) != facts["sha256"]:
+                yield chunk["name"], path, "does not match the sha256 in its manifest"
+
+
+def check_files(folder: Path, manifest: Mapping[str, Any], dataset: str, rebuild: str,
+                verify: bool) -> None:
+    """Every chunk file present with the manifest's size (and, with `verify`, its sha256)."""
+    for _, path, problem in file_problems(folder, manifest, verify):
+        raise DataFormatError(f"{dataset}: pack file {path} {problem}; the pack is damaged: "
+                              f"re-run `{rebuild}` to rebuild it")
 
 
 class Pack:
     """The opened pack of one reader: reader position -> the decoded items of each stream.
 
-    The chunk files are memory-mapped on first use in each process and never pickled, so a
-    reader carrying a Pack goes to DataLoader workers (fork or spawn) as cheaply as before.
+    The chunk files are memory-mapped on first use in each process, at most MAX_OPEN_MAPS at
+    a time, and never pickled, so a reader carrying a Pack goes to DataLoader workers (fork
+    or spawn) as cheaply as before.
     """
 
     def __init__(self, folder: Path, streams: Sequence[str], kinds: Mapping[str, str],
-                 chunks: Sequence[str], index: np.ndarray, entries: int,
+                 chunks: Sequence[str], index: np.ndarray, ids: Sequence[str],
                  entry_of: np.ndarray) -> None:
         self.folder = folder
         self.kinds = dict(kinds)
         self.chunks = list(chunks)
+        self.ids = list(ids)
         self.entry_of = entry_of
         self._rows: dict[str, np.ndarray] = {}
         self._first: dict[str, np.ndarray] = {}
         for sid, stream in enumerate(streams):
             rows = index[index[:, 1] == sid]
             self._rows[stream] = rows
-            self._first[stream] = np.searchsorted(rows[:, 0], np.arange(entries + 1))
-        self._maps: dict[tuple[int, str], np.memmap] = {}
+            self._first[stream] = np.searchsorted(rows[:, 0], np.arange(len(self.ids) + 1))
+        self._maps: OrderedDict[tuple[int, str], np.memmap] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_maps"] = {}
+        state["_maps"] = OrderedDict()
         return state
 
-    def item(self, position: int, stream: str, k: int) -> np.ndarray:
-        """A copy of the k-th item of a stream of the sample at `position` of the reader."""
+    def counts(self, stream: str) -> np.ndarray:
+        """The number of items of `stream` the pack holds for each reader position."""
+        return np.diff(self._first[stream])[self.entry_of]
+
+    def _where(self, position: int, stream: str, k: int) -> tuple[np.memmap, int, tuple[int, ...]]:
+        """The chunk map, element offset and shape of item k of a stream of a sample."""
         entry = int(self.entry_of[position])
         first = self._first[stream]
         start, stop = int(first[entry]), int(first[entry + 1])
         if not 0 <= k < stop - start:
-            raise DataFormatError(f"pack {self.folder}: sample {entry} has {stop - start} "
-                                  f"{stream} items, item {k} was asked for")
-        _, _, offset, ndim, *dims = (int(v) for v in self._rows[stream][start + k][:INDEX_COLUMNS])
-        chunk = int(self._rows[stream][start + k][INDEX_COLUMNS])
-        shape = tuple(dims[:ndim])
-        data = self._map(chunk, stream)
+            raise DataFormatError(f"pack {self.folder}: sample {self.ids[entry]} has "
+                                  f"{stop - start} {stream} items, item {k} was asked for")
+        row = self._rows[stream][start + k]
+        offset, ndim = int(row[2]), int(row[3])
+        return self._map(int(row[INDEX_COLUMNS]), stream), offset, tuple(int(d) for d in row[4:4 + ndim])
+
+    def item(self, position: int, stream: str, k: int) -> np.ndarray:
+        """A copy of the k-th item of a stream of the sample at `position` of the reader."""
+        data, offset, shape = self._where(position, stream, k)
         return np.array(data[offset:offset + int(np.prod(shape))]).reshape(shape)
 
     def frame(self, position: int, stream: str, k: int) -> torch.Tensor:
         """The k-th decoded uint8 (C, H, W) frame of the sample, as the JPEG path decodes it."""
         return torch.from_numpy(self.item(position, stream, k))
 
+    def frames(self, position: int, stream: str, picks: Sequence[int]) -> torch.Tensor:
+        """Frames `picks` of the sample as (T, C, H, W), what `stack_frames` makes of them.
+
+        Frames of one shape (the rule) are copied straight from the map into one tensor;
+        a clip with frames of several sizes goes through `stack_frames`, which resizes them.
+        """
+        where = [self._where(position, stream, k) for k in picks]
+        shape = where[0][2]
+        if any(w[2] != shape for w in where):
+            return stack_frames([self.frame(position, stream, k) for k in picks])
+        out = np.empty((len(picks), *shape), dtype=STREAM_DTYPES[self.kinds[stream]])
+        size = int(np.prod(shape))
+        for t, (data, offset, _) in enumerate(where):
+            out[t] = data[offset:offset + size].reshape(shape)
+        return torch.from_numpy(out)
+
     def _map(self, chunk: int, stream: str) -> np.memmap:
+        """The memory map of one chunk file, opened on first use; the least recently used map
+        beyond MAX_OPEN_MAPS is dropped (and its file closed: `item` and `frames` return
+        copies, so nothing else holds it)."""
         key = (chunk, stream)
-        if key not in self._maps:
+        data = self._maps.get(key)
+        if data is None:
             path = self.folder / f"{self.chunks[chunk]}.{stream}.bin"
-            self._maps[key] = np.memmap(path, dtype=STREAM_DTYPES[self.kinds[stream]], mode="r")
-        return self._maps[key]
+            data = np.memmap(path, dtype=STREAM_DTYPES[self.kinds[stream]], mode="r")
+            self._maps[key] = data
+            if len(self._maps) > MAX_OPEN_MAPS:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(key)
+        return data
 
 
-def _load_index(folder: Path, chunks: Sequence[str]) -> np.ndarray:
+def _load_index(folder: Path, chunks: Sequence[str], dataset: str, rebuild: str) -> np.ndarray:
     """All chunks' index rows, with the chunk number as an extra last column."""
     parts = []
     for c, name in enumerate(chunks):
-        rows = np.load(folder / f"{name}.index.npy", allow_pickle=False)
+        path = folder / f"{name}.index.npy"
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise DataFormatError(f"{dataset}: pack file {path} cannot be read ({err}); the pack "
+                                  f"is damaged: re-run `{rebuild}` to rebuild it") from None
+        if rows.ndim != 2 or rows.shape[1] != INDEX_COLUMNS or rows.dtype != np.int64:
+            raise DataFormatError(f"{dataset}: pack file {path} is not a chunk index (shape "
+                                  f"{rows.shape}, dtype {rows.dtype}); re-run `{rebuild} "
+                                  f"--overwrite`")
         parts.append(np.concatenate([rows, np.full((len(rows), 1), c, dtype=np.int64)], axis=1))
     return np.concatenate(parts) if parts else np.zeros((0, INDEX_COLUMNS + 1), dtype=np.int64)
 
 
 def _match(reader: PackableReader, manifest: Mapping[str, Any], root: Path, folder: Path,
-           rebuild: str) -> tuple[np.ndarray, list[str]]:
-    """The pack entry of every reader position, and the ids the pack does not hold.
+           rebuild: str) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+    """The pack entry of every reader position, the ids the pack does not hold, and the item
+    count of each stream of every reader position as the data has it now.
 
     A sample whose source files differ from those the pack was built from is an error here.
     """
     where = {sample_id: e for e, sample_id in enumerate(manifest["ids"])}
     stored = manifest["signatures"]
-    absent_streams = [s for s in reader.pack_streams if s not in stored]
+    absent_streams = [s for s in reader.pack_streams if s not in manifest["streams"]]
     if absent_streams:
         raise DataFormatError(f"{reader.dataset}: the pack {folder} holds no "
                               f"{', '.join(absent_streams)} (built for other modalities); re-run "
                               f"`{rebuild}` to rebuild it")
-    current = signatures(reader, root)
+    current, counts = signatures(reader, root)
     entry_of = np.zeros(len(reader.ids), dtype=np.int64)
     absent: list[str] = []
     for position, sample_id in enumerate(reader.ids):
@@ -272,12 +410,18 @@ def _match(reader: PackableReader, manifest: Mapping[str, Any], root: Path, fold
             continue
         changed = [s for s in current if stored[s][entry] != current[s][position]]
         if changed:
-            raise DataFormatError(f"{reader.dataset}: the pack {folder} is stale: the "
-                                  f"{'/'.join(changed)} files of {sample_id} are not those it was "
-                                  f"built from; re-run `{rebuild}` to update it, or set "
-                                  f"dataset.options.pack=off")
+            raise stale(reader, folder, rebuild, f"the {'/'.join(changed)} files of {sample_id} "
+                                                 f"are not those it was built from")
         entry_of[position] = entry
-    return entry_of, absent
+    return entry_of, absent, counts
+
+
+def stale(reader: PackableReader, folder: Path, rebuild: str, why: str) -> DataFormatError:
+    """The error of a pack built from other data than the reader's (or from other paths)."""
+    return DataFormatError(f"{reader.dataset}: the pack {folder} is stale: {why} (data changed "
+                           f"since the build, or a path option such as visual_dir or audio_dir "
+                           f"now names other files); re-run `{rebuild}` to update it, or set "
+                           f"dataset.options.pack=off")
 
 
 def open_pack(reader: PackableReader, root: Path, split: str) -> Optional[Pack]:
@@ -287,7 +431,10 @@ def open_pack(reader: PackableReader, root: Path, split: str) -> Optional[Pack]:
         log.info("%s %s: reading the image files (dataset.options.pack=off)", reader.dataset, split)
         return None
     if not reader.pack_streams:
-        return None  # none of the selected modalities is packed (FOOD-101 text alone)
+        if opts.pack == "require":
+            log.warning("%s %s: dataset.options.pack=require has nothing to read: none of the "
+                        "selected modalities is packed", reader.dataset, split)
+        return None
     folder = pack_folder(root, reader.dataset, split, opts.frame_short_side)
     rebuild = pack_command(reader.dataset, root, opts.frame_short_side)
     if not folder.is_dir():
@@ -303,16 +450,17 @@ def open_pack(reader: PackableReader, root: Path, split: str) -> Optional[Pack]:
                               f"{MANIFEST_FILE} is missing: an interrupted `prepare --pack`?); "
                               f"re-run `{rebuild}` to finish it, or set dataset.options.pack=off")
     manifest = read_manifest(manifest_path, reader.dataset, rebuild)
-    lacking = [k for k in MANIFEST_KEYS if k not in manifest]
-    if lacking:
-        raise DataFormatError(f"{reader.dataset}: the pack manifest {manifest_path} lacks "
-                              f"{', '.join(lacking)}; rebuild the pack with `{rebuild} --overwrite`")
     key = pack_key(reader.dataset, split, opts.frame_short_side)
-    if manifest.get("key") != key:
+    if manifest["key"] != key:
         raise DataFormatError(f"{reader.dataset} {split}: the pack {folder} was built for "
-                              f"{manifest.get('key')}, not {key}; re-run `{rebuild} --overwrite`")
+                              f"{manifest['key']}, not {key}; re-run `{rebuild} --overwrite`")
+    built_with, now = manifest.get("decoders"), decoder_versions()
+    if built_with != now:
+        log.warning("%s %s: the pack %s was built with %s, this process decodes with %s: frames "
+                    "may differ from the image files' by rounding; rebuild with `%s --overwrite` "
+                    "to be sure", reader.dataset, split, folder, built_with, now, rebuild)
     check_files(folder, manifest, reader.dataset, rebuild, opts.pack_verify)
-    entry_of, absent = _match(reader, manifest, root, folder, rebuild)
+    entry_of, absent, counts = _match(reader, manifest, root, folder, rebuild)
     if absent:
         if set(reader.pack_streams) < set(manifest["streams"]):
             # the pack holds the samples usable with all of its streams; a run on fewer
@@ -326,13 +474,20 @@ def open_pack(reader: PackableReader, root: Path, split: str) -> Optional[Pack]:
                                       f"dataset.options.pack=auto or off for this selection")
             log.info("%s %s: reading the image files: %s", reader.dataset, split, why)
             return None
-        raise DataFormatError(f"{reader.dataset}: the pack {folder} is stale: {len(absent)} of "
-                              f"{len(reader.ids)} samples are not in it, e.g. {absent[0]}; re-run "
-                              f"`{rebuild}` to update it, or set dataset.options.pack=off")
+        raise stale(reader, folder, rebuild, f"{len(absent)} of {len(reader.ids)} samples are not "
+                                             f"in it, e.g. {absent[0]}")
     chunks = [c["name"] for c in manifest["chunks"]]
     streams = list(manifest["streams"])
-    pack = Pack(folder, streams, manifest["streams"], chunks, _load_index(folder, chunks),
-                len(manifest["ids"]), entry_of)
+    pack = Pack(folder, streams, manifest["streams"], chunks,
+                _load_index(folder, chunks, reader.dataset, rebuild), manifest["ids"], entry_of)
+    for stream, count in counts.items():
+        differ = np.flatnonzero(pack.counts(stream) != count)
+        if len(differ):
+            p = int(differ[0])
+            raise stale(reader, folder, rebuild, f"{len(differ)} sample(s) have another number of "
+                                                 f"{stream} items than the pack holds, e.g. "
+                                                 f"{reader.ids[p]}: {int(count[p])} now, "
+                                                 f"{int(pack.counts(stream)[p])} in the pack")
     log.info("%s %s: reading the pack %s (%d samples)", reader.dataset, split, folder,
              len(reader.ids))
     return pack

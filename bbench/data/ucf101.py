@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from bbench.data.errors import DataFormatError, missing
 from bbench.data.file_splits import carve_and_assemble
 from bbench.data.index_cache import list_clip_frames
 from bbench.data.options import CommonOptions, data_path, dataset_root, index_cache_dir, pick_option
-from bbench.data.pack import FRAMES, Pack, with_pack
+from bbench.data.pack import FRAMES, Pack, Source, with_pack
 from bbench.data.reading import decode_image, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
@@ -147,44 +147,59 @@ class UCF101Reader:
                       if "flow" in self.modalities else [])
         flip = bool(rng.random() < 0.5) if rng is not None else False
         if "flow" in self.modalities:
-            u = stack_frames([self._frame(position, "u", k) for k in flow_picks])
-            v = stack_frames([self._frame(position, "v", k) for k in flow_picks])
+            u = self._frames(position, "u", flow_picks)
+            v = self._frames(position, "v", flow_picks)
             if u.shape[-2:] != v.shape[-2:]:
                 v = TF.resize(v, list(u.shape[-2:]), antialias=True)
             out["flow"] = flow_transform(u, v, opts.image_size, flip)
         if "visual" in self.modalities:
-            frames = stack_frames([self._frame(position, "rgb", k) for k in rgb_picks])
+            frames = self._frames(position, "rgb", rgb_picks)
             frames = resize_exact(frames, opts.image_size)
             out["visual"] = normalise_rgb(frames.flip(-1) if flip else frames)
         return out
 
-    def _files(self, position: int, stream: str) -> list[Path]:
+    def _folder(self, position: int, stream: str) -> tuple[Path, tuple[str, ...]]:
+        """The frame folder of one stream (rgb, u or v) of a clip and its frame names."""
         clip = self.clips[position]
-        folder, names = {"rgb": (clip.rgb_dir, clip.rgb), "u": (clip.u_dir, clip.u),
-                         "v": (clip.v_dir, clip.v)}[stream]
-        return [folder / name for name in names]
+        if stream == "rgb":
+            return clip.rgb_dir, clip.rgb
+        return (clip.u_dir, clip.u) if stream == "u" else (clip.v_dir, clip.v)
 
-    def _frame(self, position: int, stream: str, k: int) -> torch.Tensor:
+    def _file(self, position: int, stream: str, k: int) -> Path:
+        """Frame k's file of one stream of a clip (one Path, not the whole clip's)."""
+        folder, names = self._folder(position, stream)
+        return folder / names[k]
+
+    def _frames(self, position: int, stream: str, picks: Sequence[int]) -> torch.Tensor:
+        """Frames `picks` of a stream as (T, C, H, W), from the pack when one is attached."""
         if self.pack is not None:
-            return self.pack.frame(position, stream, k)
-        return self._decode(position, stream, k)
+            return self.pack.frames(position, stream, picks)
+        return stack_frames([self._decode(position, stream, k) for k in picks])
 
     def _decode(self, position: int, stream: str, k: int) -> torch.Tensor:
         """Frame k of a stream from its JPEG file, at the stored resolution (`frame_short_side`)."""
-        path = self._files(position, stream)[k]
+        path = self._file(position, stream, k)
         return fit_short_side(decode_image(path, str(path), "RGB" if stream == "rgb" else "L",
                                            NAME), self.options.frame_short_side)
 
     @property
     def pack_streams(self) -> dict[str, str]:
+        """The pack's streams of this reader: one frame stream per frame folder."""
         return {s: FRAMES for m in self.modalities for s in self.STREAMS[m]}
 
-    def pack_sources(self, position: int) -> dict[str, list[Path]]:
-        return {s: self._files(position, s) for s in self.pack_streams}
+    def pack_sources(self, position: int) -> dict[str, Source]:
+        """Each stream's frame folder and its frame names."""
+        folders = {s: self._folder(position, s) for s in self.pack_streams}
+        return {s: Source(folder, names, len(names)) for s, (folder, names) in folders.items()}
 
     def pack_content(self, position: int) -> dict[str, list[np.ndarray]]:
+        """Every frame of every stream of the clip, decoded as `load` decodes them."""
         return {s: [self._decode(position, s, k).numpy()
-                    for k in range(len(self._files(position, s)))] for s in self.pack_streams}
+                    for k in range(len(self._folder(position, s)[1]))] for s in self.pack_streams}
+
+    def pack_subset(self, positions: Sequence[int]) -> "UCF101Reader":
+        """A reader of the clips at `positions` only: what one chunk's build job pickles."""
+        return UCF101Reader([self.clips[p] for p in positions], self.modalities, self.options)
 
 
 def build_ucf101(spec: DatasetSpec, options: UCF101Options) -> DataModule:

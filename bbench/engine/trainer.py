@@ -124,9 +124,14 @@ class Trainer:
         return self.precision.grads(loss, inputs, **kwargs)
 
     def check_finite(self, loss: torch.Tensor, step: StepInfo) -> None:
-        if not torch.isfinite(loss.detach()).all():
+        """The step's one host read: training cannot go on from a NaN (a scalar loss is read
+        with one `.item()`, cheaper than a device-side check and a read of its result)."""
+        value = loss.detach()
+        finite = (math.isfinite(value.item()) if value.numel() == 1
+                  else bool(torch.isfinite(value).all()))
+        if not finite:
             raise NonFiniteLossError(
-                f"loss is {float(loss.detach().float().mean())} at epoch {step.epoch}, batch "
+                f"loss is {float(value.float().mean())} at epoch {step.epoch}, batch "
                 f"{step.batch_index} (global step {step.global_step}); training stopped. Lower the "
                 f"learning rate or check the inputs for NaN/inf.")
 
@@ -201,7 +206,7 @@ class Trainer:
                 info = StepInfo(epoch, j, n_b, self.global_step, phase, active)
                 with self.flops.count_step(self._step_signature(batch, info)):
                     result = self.method.train_step(self, batch, info)
-                loss_sum += result.loss.detach().double()
+                loss_sum.add_(result.loss.detach())  # float64 sum, no host read
                 steps += 1
                 self.global_step += 1
                 seen += int(batch["label"].shape[0])

@@ -69,9 +69,10 @@ class ForwardOut:
         return self._scoring(range(len(self.model.modalities)))
 
     def _scoring(self, indices: Iterable[int]) -> torch.Tensor:
+        """No graph is recorded under no_grad, so float32 features need no detached copy."""
         with torch.no_grad(), float32_region(self.logits.device):
-            detached = [f.detach().float() for f in self.features]
-            return torch.stack([self.model.unimodal_logits(detached, i) for i in indices])
+            features = [f if f.dtype == torch.float32 else f.float() for f in self.features]
+            return torch.stack([self.model.unimodal_logits(features, i) for i in indices])
 
 
 @dataclass

@@ -27,6 +27,8 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 def float32_region(device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast switched off: method math inside a low-precision forward (`train.precision`)
-    that must run in float32 (its inputs then need `.float()`); harmless where no autocast
-    is active."""
+    that must run in float32 (its inputs then need `.float()`); a no-op where no autocast is
+    active (entering an autocast context costs more than a small step's bookkeeping)."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext()
     return torch.autocast(device.type, enabled=False)

@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder = the dataset root the loader reads")
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="parallel worker processes (default 1)")
-    parser.add_argument("--only", choices=["train", "test"], help="prepare one split only")
+    parser.add_argument("--only", choices=["train", "val", "test"],
+                        help="prepare one split only (val: --pack of BalancedAV's own "
+                             "validation split)")
     parser.add_argument("--overwrite", action="store_true",
                         help="redo samples whose outputs exist (default: skip them)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -103,6 +105,9 @@ def dataset_options(pairs: Sequence[str]) -> dict[str, str]:
 def check_modes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Raw preparation needs --raw and --out; packing alone needs --data-root and no raw flag."""
     if not args.pack:
+        if args.only == "val":
+            parser.error("--only val applies only with --pack (raw preparation writes train "
+                         "and test; validation is carved out of train or listed with them)")
         given = [flag for dest, flag in PACK_ONLY.items() if getattr(args, dest)]
         if given:
             parser.error(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only "

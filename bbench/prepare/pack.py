@@ -8,11 +8,14 @@ holds exactly the usable clips of each split, decoded by the very code the JPEG 
 Resumable like the rest of `prepare`: each chunk of `CHUNK_ENTRIES` samples is one job of the
 prepare engine (`run_jobs`: workers, progress, atomic writes under `.prepare_tmp`, one failing
 chunk recorded and the others kept), its index file committed after its data files; a chunk
-whose files all exist with consistent sizes is skipped. `build.json`, written first, records
-the key and the digest of the entry list: a pack started for another list (clips added or
-removed) is removed and rebuilt, never resumed. `manifest.json`, written last, records the size
-and sha256 of every file; running the command on a finished pack re-hashes every file and
-rebuilds what no longer matches.
+whose files all exist with consistent sizes is skipped. Each job carries a reader of its own
+chunk's samples only (`pack_subset`), so `--workers N` pickles a chunk's records, not the
+split's. `build.json`, written first, records the key and the digest of the entry list: an
+unfinished pack started for another list (clips added or removed) is removed and rebuilt,
+never resumed; a finished one is refused, with the number of samples that differ, unless
+`--overwrite`. `manifest.json`, written last, records the size and sha256 of every file and the
+decoder versions; running the command on a finished pack re-hashes every file and rebuilds
+the chunks that no longer match.
 """
 from __future__ import annotations
 
@@ -28,14 +31,17 @@ from bbench._version import __version__
 from bbench.config.fields import SpecError
 from bbench.data.errors import DataFormatError
 from bbench.data.pack import (BUILD_FILE, INDEX_COLUMNS, MANIFEST_FILE, STREAM_DTYPES,
-                              PackableReader, chunk_files, file_sha256, list_digest, pack_folder,
-                              pack_key, read_manifest, signatures)
+                              PackableReader, chunk_files, decoder_versions, file_problems,
+                              file_sha256, list_digest, pack_folder, pack_key, read_manifest,
+                              signatures)
 from bbench.prepare.api import canonical_dataset
 from bbench.prepare.core import Job, JobContext, PrepareError, PrepareReport, run_jobs
-from bbench.results.files import write_json
+from bbench.results.files import MalformedFileError, read_json, write_json
 
 CHUNK_ENTRIES = 128
 """Samples per chunk: the unit of resumption and of parallel work."""
+RUN_OPTIONS = ("frame_short_side", "pack", "pack_verify")
+"""Dataset options that say how a run reads a pack, not which data it holds: not `--option`s."""
 PACKABLE: dict[str, Optional[tuple[str, ...]]] = {
     "cremad": None, "kinetics_sounds": None, "vggsound": None, "balanced_av": None,
     "ucf101": None, "food101": ("visual",)}
@@ -56,25 +62,27 @@ class SplitPack:
 
     @property
     def digest(self) -> str:
+        """The digest of the entry list (ids, signatures, streams) that `build.json` records."""
         return list_digest(self.reader.ids, self.signatures, self.streams)
 
 
-def write_chunk(ctx: JobContext, reader: PackableReader, positions: Sequence[int], name: str,
-                folder: Path, streams: Sequence[str]) -> None:
-    """Decode the samples at `positions` into one chunk: a data file per stream, then the index."""
+def write_chunk(ctx: JobContext, reader: PackableReader, first: int, name: str, folder: Path,
+                streams: Sequence[str]) -> None:
+    """Decode every sample of `reader` (the split's samples from position `first` on) into
+    one chunk: a data file per stream, then the index."""
     staged = {s: ctx.staging(".bin") for s in streams}
     handles = {s: open(staged[s], "wb") for s in streams}
     rows: list[list[int]] = []
     offsets = dict.fromkeys(streams, 0)
     try:
-        for position in positions:
+        for position in range(len(reader.ids)):
             content = reader.pack_content(position)
             for sid, stream in enumerate(streams):
                 dtype = STREAM_DTYPES[reader.pack_streams[stream]]
                 for item in content[stream]:
                     array = np.ascontiguousarray(item, dtype=dtype)
                     shape = list(array.shape) + [0] * (3 - array.ndim)
-                    rows.append([position, sid, offsets[stream], array.ndim, *shape])
+                    rows.append([first + position, sid, offsets[stream], array.ndim, *shape])
                     handles[stream].write(array.tobytes())
                     offsets[stream] += array.size
     finally:
@@ -104,50 +112,65 @@ def chunk_is_whole(folder: Path, name: str, streams: Mapping[str, str]) -> bool:
 
 
 def _chunks(n: int, size: int) -> list[tuple[str, range]]:
+    """The chunks of a split of `n` samples: (name, positions), `size` samples each."""
     return [(f"c{c:05d}", range(start, min(start + size, n)))
             for c, start in enumerate(range(0, n, size))]
 
 
 def _remove_chunk(folder: Path, name: str, streams: Sequence[str]) -> None:
+    """Delete a chunk's files, so that its job runs again."""
     for f in chunk_files(name, streams):
         (folder / f).unlink(missing_ok=True)
 
 
-def _stale_files(plan: SplitPack, manifest: Mapping[str, Any]) -> set[str]:
-    """Chunks of a finished pack whose files no longer match their manifest entry."""
-    bad = set()
-    for chunk in manifest.get("chunks", []):
-        for fname, facts in chunk["files"].items():
-            path = plan.folder / fname
-            if (not path.is_file() or path.stat().st_size != facts["bytes"]
-                    or file_sha256(path) != facts["sha256"]):
-                bad.add(chunk["name"])
-    return bad
+def _differing(plan: SplitPack, manifest: Mapping[str, Any]) -> int:
+    """How many samples the finished pack and the plan do not share with the same sources."""
+    def entries(ids: Sequence[str], sigs: Mapping[str, Sequence[str]]) -> dict[str, tuple]:
+        return {i: tuple(sigs.get(s, ["?"] * len(ids))[e] for s in plan.streams)
+                for e, i in enumerate(ids)}
+
+    old = entries(manifest["ids"], manifest["signatures"])
+    new = entries(plan.reader.ids, plan.signatures)
+    return sum(old.get(i) != new.get(i) for i in set(old) | set(new))
+
+
+def _started(folder: Path) -> Any:
+    """The parsed `build.json` of a pack folder, or None when it is absent or unreadable."""
+    try:
+        return read_json(folder / BUILD_FILE, "pack build record")
+    except (OSError, MalformedFileError):
+        return None
 
 
 def prepare_folder(plan: SplitPack, overwrite: bool, report: PrepareReport) -> bool:
     """Start, resume or repair the split's pack folder; `build.json` says which build it is.
 
     True when the folder already holds the finished pack and every file matches its manifest.
+    A finished pack of another list of samples (or settings) is refused without `overwrite`.
     """
     folder, streams = plan.folder, list(plan.streams)
+    manifest_path = folder / MANIFEST_FILE
     build = {"key": plan.key, "list": plan.digest, "entries": len(plan.reader.ids),
              "chunk_entries": CHUNK_ENTRIES, "streams": plan.streams}
-    if folder.is_dir() and not overwrite:
-        try:
-            started = read_manifest(folder / BUILD_FILE, plan.reader.dataset, "")
-        except DataFormatError:
-            started = {}
-        if started != build:
-            report.notes.append(f"{plan.split}: the pack at {folder} was started for another "
-                                f"list of samples or other settings; rebuilt from scratch")
-            overwrite = True
+    if folder.is_dir() and not overwrite and _started(folder) != build:
+        if manifest_path.is_file():
+            try:
+                differ = f"{_differing(plan, read_manifest(manifest_path, '', ''))} sample(s) " \
+                         f"differ"
+            except DataFormatError:
+                differ = "its manifest cannot be read"
+            raise PrepareError(f"prepare {plan.reader.dataset} --pack: the finished {plan.split} "
+                               f"pack at {folder} was built from another list of samples or "
+                               f"other settings ({differ}); add --overwrite to replace it")
+        report.notes.append(f"{plan.split}: the unfinished pack at {folder} was started for "
+                            f"another list of samples or other settings; rebuilt from scratch")
+        overwrite = True
     if overwrite and folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest_path = folder / MANIFEST_FILE
     if manifest_path.is_file():
-        bad = _stale_files(plan, read_manifest(manifest_path, plan.reader.dataset, ""))
+        manifest = read_manifest(manifest_path, plan.reader.dataset, "prepare --pack")
+        bad = {chunk for chunk, _, _ in file_problems(folder, manifest, verify=True)}
         if not bad:
             report.notes.append(f"{plan.split}: the pack at {folder} is complete; every file "
                                 f"matches its sha256")
@@ -177,7 +200,8 @@ def write_manifest(plan: SplitPack) -> int:
         chunks.append({"name": name, "entries": [positions.start, positions.stop], "files": files})
     manifest = {"format": plan.key["format"], "tool": "bbench prepare --pack",
                 "bbench": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "key": plan.key, "streams": plan.streams, "ids": plan.reader.ids,
+                "decoders": decoder_versions(), "key": plan.key, "streams": plan.streams,
+                "ids": plan.reader.ids,
                 "signatures": plan.signatures, "chunks": chunks, "bytes": total}
     write_json(plan.folder / MANIFEST_FILE, manifest, "pack manifest")
     return total
@@ -221,26 +245,36 @@ def pack_dataset(dataset: str, data_root: str | Path, *, frame_short_side: Optio
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise PrepareError(f"prepare {name} --pack: --data-root {str(root)!r} is not a folder")
+    run_options = [k for k in RUN_OPTIONS if k in (options or {})]
+    if run_options:
+        raise PrepareError(f"prepare {name} --pack: --option {', '.join(run_options)} is not a "
+                           f"pack build option: give the stored resolution as --frame-short-side "
+                           f"S (pack and pack_verify are set by the runs that read the pack)")
     given = {**(options or {}), "frame_short_side": frame_short_side}
     report = PrepareReport(name, root, root)
     report.parameters.update({"pack": True, **given})
     start = time.perf_counter()
-    for split, reader in split_readers(name, root, given).items():
+    readers = split_readers(name, root, given)
+    if only is not None and only not in readers:
+        raise PrepareError(f"prepare {name} --pack --only {only}: {name} has no separate {only} "
+                           f"split (its validation split is carved out of train, whose pack "
+                           f"serves it); --only takes {', '.join(readers)}")
+    for split, reader in readers.items():
         if only is not None and split != only:
             continue
+        sigs, _ = signatures(reader, root)
         plan = SplitPack(split, reader, pack_folder(root, name, split, frame_short_side),
-                         pack_key(name, split, frame_short_side), signatures(reader, root),
-                         dict(reader.pack_streams))
+                         pack_key(name, split, frame_short_side), sigs, dict(reader.pack_streams))
         finished = prepare_folder(plan, overwrite, report)
         chunks = _chunks(len(reader.ids), CHUNK_ENTRIES)
         jobs = [Job(split, f"{name_} ({reader.ids[p.start]} …)", write_chunk,
-                    {"reader": reader, "positions": list(p), "name": name_,
+                    {"reader": reader.pack_subset(p), "first": p.start, "name": name_,
                      "folder": plan.folder, "streams": list(plan.streams)},
                     tuple(plan.folder / f for f in chunk_files(name_, list(plan.streams))))
                 for name_, p in chunks]
         outcomes = run_jobs(jobs, plan.folder, workers=workers, progress=progress,
                             label=f"pack {name} {split}")
-        sizes = {job.sample: len(job.kwargs["positions"]) for job in jobs}
+        sizes = {job.sample: len(job.kwargs["reader"].ids) for job in jobs}
         for outcome in outcomes:
             report.count(split, "listed", sizes[outcome.sample])
             report.count(split, outcome.status, sizes[outcome.sample])

@@ -2,12 +2,16 @@
 
 What is pinned: a loader reading the pack gives the very tensors of the JPEG path for every
 split, seed, epoch and index, with and without a stored resolution; the default JPEG path is
-untouched; workers and pickling behave as before; an incomplete, truncated, damaged or stale
-pack, or a missing one under `pack=require`, is one clear error naming the file and the
-command; an interrupted build resumes and a changed list rebuilds.
+untouched (the contiguous-box crop equals the `resized_crop` it replaced); workers and
+pickling behave as before, and a process keeps at most MAX_OPEN_MAPS chunk files mapped; an
+incomplete, truncated, damaged, malformed or stale pack (sources renamed, rewritten in place,
+or with another item count), or a missing one under `pack=require`, is one clear error naming
+the file and the command; an interrupted build resumes, a finished pack of another list is
+refused without --overwrite, and a re-run repairs only the damaged chunk.
 """
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import shutil
@@ -17,15 +21,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.data import DataLoader
+from torchvision.transforms.v2 import functional as TF
 
 from bbench.config.specs import DatasetSpec
 from bbench.data import build_datamodule
 from bbench.data.base import DataModule
 from bbench.data.errors import DataFormatError, MissingDataError
+from bbench.data import pack as data_pack
+from bbench.data.clips import FolderClipReader
 from bbench.data.pack import MANIFEST_FILE, PACK_DIRNAME, pack_folder
-from bbench.data.transforms import fit_short_side
+from bbench.data.transforms import clip_train_crop, fit_short_side, resized_crop_box
 from bbench.prepare import pack as pack_module
+from bbench.prepare.core import PrepareError
 from bbench.prepare.pack import pack_dataset
 from bbench.testing import MINIATURES
 from bbench.testing.fixtures import Miniature, frame_array, write_jpeg
@@ -160,9 +170,12 @@ def test_workers_and_pickling_see_the_same_samples(cremad: Miniature) -> None:
     packed = build(cremad, pack="require")
     reader = packed.train.reader
     reader.pack.item(0, "visual", 0)  # maps the chunk files in this process
+    reader.pack.item(0, "audio", 0)
+    assert len(reader.pack._maps) == 2
     blob = pickle.dumps(reader)
     stored = sum(p.stat().st_size for p in train_pack(cremad).glob("*.bin"))
-    assert len(blob) < stored  # the memory maps are not pickled with the reader
+    assert pickle.loads(blob).pack._maps == {}  # the memory maps are not pickled
+    assert len(blob) < stored / 20
     assert torch.equal(pickle.loads(blob).load(3, None, lambda *_: None)["visual"],
                        reader.load(3, None, lambda *_: None)["visual"])
     jpeg = build(cremad, pack="off")
@@ -215,6 +228,45 @@ def test_unreadable_manifest_is_named(damaged: Miniature, text: str, problem: st
     assert str(manifest) in str(err.value) and "--overwrite" in str(err.value)
 
 
+def drop_files(m: dict[str, Any]) -> None:
+    del m["chunks"][0]["files"]
+
+
+def shorten_signatures(m: dict[str, Any]) -> None:
+    m["signatures"]["visual"] = m["signatures"]["visual"][:-1]
+
+
+def drop_bytes(m: dict[str, Any]) -> None:
+    del next(iter(m["chunks"][0]["files"].values()))["bytes"]
+
+
+@pytest.mark.parametrize("edit,problem", [
+    (drop_files, "a chunk lacks its name or the bytes and sha256 of its files"),
+    (drop_bytes, "a chunk lacks its name or the bytes and sha256 of its files"),
+    (shorten_signatures, "'signatures' does not hold one signature per id")])
+def test_malformed_manifest_is_one_message(damaged: Miniature, edit: Any, problem: str) -> None:
+    path = train_pack(damaged) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DataFormatError, match="cannot be read") as err:
+        build(damaged)
+    assert problem in str(err.value) and str(path) in str(err.value)
+    assert "--overwrite" in str(err.value)
+
+
+def test_other_decoder_versions_are_a_warning(damaged: Miniature,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    path = train_pack(damaged) / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    assert manifest["decoders"] == data_pack.decoder_versions()
+    manifest["decoders"]["Pillow"] = "0.0"
+    path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="bbench"):
+        assert build(damaged, pack="require").train.reader.pack is not None
+    assert "'Pillow': '0.0'" in caplog.text and "--overwrite" in caplog.text
+
+
 def test_truncated_pack_file_is_named(damaged: Miniature) -> None:
     data = train_pack(damaged) / "c00000.visual.bin"
     data.write_bytes(data.read_bytes()[:-100])
@@ -252,9 +304,21 @@ def test_stale_pack_is_refused_and_rebuilt(damaged: Miniature) -> None:
         build(damaged)
     assert f"e.g. {clip}" in str(err.value)
     assert "pack=off" in str(err.value)
-    report = pack(damaged)
-    assert report.ok and any("rebuilt from scratch" in n for n in report.notes)
+    # a finished pack is never removed silently: the new list needs --overwrite
+    with pytest.raises(PrepareError, match="1 sample\\(s\\) differ\\); add --overwrite") as refused:
+        pack(damaged)
+    assert str(train_pack(damaged)) in str(refused.value)
+    assert (train_pack(damaged) / MANIFEST_FILE).is_file()
+    assert pack(damaged, overwrite=True).ok
     assert clip in build(damaged, pack="require").train.reader.ids
+
+
+def test_an_unfinished_pack_of_another_list_is_rebuilt(damaged: Miniature) -> None:
+    (train_pack(damaged) / MANIFEST_FILE).unlink()
+    add_clip(damaged)
+    report = pack(damaged)
+    assert report.ok and any("unfinished pack" in n and "rebuilt from scratch" in n
+                             for n in report.notes)
 
 
 def test_changed_source_files_make_the_pack_stale(damaged: Miniature) -> None:
@@ -265,6 +329,34 @@ def test_changed_source_files_make_the_pack_stale(damaged: Miniature) -> None:
     with pytest.raises(DataFormatError, match="is stale") as err:
         build(damaged, index_cache=False)
     assert f"the visual files of {clip} are not those it was built from" in str(err.value)
+
+
+def test_a_file_rewritten_in_place_makes_the_pack_stale(damaged: Miniature) -> None:
+    record = build(damaged, pack="off").train.reader.records[2]
+    torch.save(torch.ones(40, 128), record.audio)  # same name, new content
+    with pytest.raises(DataFormatError, match="is stale") as err:
+        build(damaged)
+    assert f"the audio files of {record.id} are not those it was built from" in str(err.value)
+    assert "path option such as visual_dir" in str(err.value)
+
+
+def test_another_item_count_makes_the_pack_stale(damaged: Miniature,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # what an HDF5 rewritten with more frames looks like: same sources, other count
+    sources = FolderClipReader.pack_sources
+
+    def more_frames(self: FolderClipReader, position: int) -> dict[str, data_pack.Source]:
+        out = sources(self, position)
+        if position == 1:
+            out["visual"] = data_pack.Source(out["visual"].folder, out["visual"].names,
+                                             out["visual"].count + 1)
+        return out
+
+    monkeypatch.setattr(FolderClipReader, "pack_sources", more_frames)
+    with pytest.raises(DataFormatError, match="1 sample\\(s\\) have another number of visual "
+                                              "items") as err:
+        build(damaged)
+    assert "now, " in str(err.value) and "in the pack" in str(err.value)
 
 
 def test_moved_data_keeps_its_pack(damaged: Miniature, tmp_path: Path) -> None:
@@ -305,18 +397,45 @@ def test_interrupted_build_resumes(fresh_cremad: Miniature, monkeypatch: pytest.
     assert assert_same_samples(build(mini, pack="off"), build(mini, pack="require")) > 0
 
 
-def test_rerun_verifies_and_repairs_only_what_changed(damaged: Miniature) -> None:
-    again = pack(damaged)
+def test_rerun_verifies_and_repairs_only_what_changed(fresh_cremad: Miniature,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pack_module, "CHUNK_ENTRIES", 4)
+    mini = fresh_cremad
+    assert pack(mini).ok
+    folder = train_pack(mini)
+    again = pack(mini)
     assert again.counts["train"]["prepared"] == 0
     assert any("every file matches its sha256" in n for n in again.notes)
-    data = train_pack(damaged) / "c00000.audio.bin"
+    untouched = {p.name: p.stat().st_mtime_ns for p in folder.glob("c*") if "c00001" not in p.name}
+    data = folder / "c00001.audio.bin"
     raw = bytearray(data.read_bytes())
     raw[0] ^= 0xFF
     data.write_bytes(bytes(raw))
-    repaired = pack(damaged)
-    assert repaired.ok and repaired.counts["train"]["prepared"] == len(build(damaged).train.reader.ids)
-    assert any("no longer matched the manifest (first: c00000)" in n for n in repaired.notes)
-    assert assert_same_samples(build(damaged, pack="off"), build(damaged, pack="require")) > 0
+    repaired = pack(mini)
+    assert repaired.ok and repaired.counts["train"]["prepared"] == 4  # chunk c00001 alone
+    assert repaired.counts["test"]["prepared"] == 0
+    assert any("1 chunk(s) no longer matched the manifest (first: c00001)" in n
+               for n in repaired.notes)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("c*")
+            if "c00001" not in p.name} == untouched
+    assert assert_same_samples(build(mini, pack="off"), build(mini, pack="require")) > 0
+
+
+def test_open_maps_are_capped(fresh_cremad: Miniature, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pack_module, "CHUNK_ENTRIES", 2)
+    monkeypatch.setattr(data_pack, "MAX_OPEN_MAPS", 3)
+    assert pack(fresh_cremad).ok
+    packed, jpeg = build(fresh_cremad, pack="require"), build(fresh_cremad, pack="off")
+    reader = packed.train.reader
+    assert len(reader.pack.chunks) >= 8
+    for position in range(len(reader.ids)):
+        assert torch.equal(reader.load(position, None, lambda *_: None)["visual"],
+                           jpeg.train.reader.load(position, None, lambda *_: None)["visual"])
+        assert len(reader.pack._maps) <= 3
+    # the most recently used maps are the ones kept: the last sample's audio, then its frames
+    last = int(reader.pack._rows["audio"][reader.pack._first["audio"][
+        reader.pack.entry_of[len(reader.ids) - 1]]][data_pack.INDEX_COLUMNS])
+    assert list(reader.pack._maps)[-2:] == [(last, "audio"), (last, "visual")]
 
 
 def test_packs_live_beside_the_data_under_their_key(cremad: Miniature) -> None:
@@ -324,3 +443,21 @@ def test_packs_live_beside_the_data_under_their_key(cremad: Miniature) -> None:
     assert len(folders) == 4  # {train, test} x {as stored, short side 20}
     assert train_pack(cremad) != train_pack(cremad, 20)
     assert {f.split("-")[0] for f in folders} == {"train", "test"}
+
+
+# ---- the crop of the read path ---------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), height=st.integers(8, 64), width=st.integers(8, 64),
+       size=st.integers(4, 48), frames=st.integers(1, 3))
+def test_the_contiguous_box_crop_equals_resized_crop(seed: int, height: int, width: int,
+                                                     size: int, frames: int) -> None:
+    clip = torch.from_numpy(np.random.default_rng(seed).integers(
+        0, 256, (frames, 3, height, width), dtype=np.uint8))
+    ours = clip_train_crop(clip, size, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)  # the form clip_train_crop had before, same draws
+    top, left, h, w = resized_crop_box(height, width, rng)
+    before = TF.resized_crop(clip, top, left, h, w, [size, size], antialias=True)
+    if rng.random() < 0.5:
+        before = before.flip(-1)
+    assert ours.dtype == before.dtype and torch.equal(ours, before)

@@ -62,6 +62,8 @@ def test_a_failing_chunk_exits_1_and_names_the_file(cremad: Miniature,
      "--lists applies to preparing --raw, not to --pack --data-root"),
     (["cremad", "--pack", "--data-root", "D", "--raw", "R", "--out", "O"],
      "--pack takes either --data-root DIR"),
+    (["cremad", "--raw", "R", "--out", "O", "--only", "val"],
+     "--only val applies only with --pack"),
 ])
 def test_wrong_combinations_are_usage_errors(args: list[str], message: str,
                                              capsys: pytest.CaptureFixture) -> None:
@@ -88,3 +90,27 @@ def test_bad_dataset_options_are_one_message(cremad: Miniature,
     assert "--option 'no_equals' is not KEY=VALUE" in capsys.readouterr().err
     assert main(pack_args(cremad, "--option", "frames_dir=x")) == 2
     assert "unknown key 'frames_dir'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["frame_short_side=224", "pack=require", "pack_verify=true"])
+def test_run_options_are_not_pack_options(cremad: Miniature, option: str,
+                                          capsys: pytest.CaptureFixture) -> None:
+    assert main(pack_args(cremad, "--option", option)) == 2
+    err = capsys.readouterr().err
+    assert f"--option {option.split('=')[0]} is not a pack build option" in err
+    assert "--frame-short-side S" in err and "Traceback" not in err
+    assert not (cremad.root / ".bbench_pack").exists()
+
+
+def test_only_val_packs_balanced_avs_own_validation_split(tmp_path: Path, cremad: Miniature,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    mini = MINIATURES["balanced_av"](tmp_path / "bav", seed=0)
+    args = ["balanced_av", "--pack", "--data-root", str(mini.root), "--quiet", "--only", "val",
+            "--option", f"cache_dir={mini['dataset.options']['cache_dir']}"]
+    assert main(args) == 0
+    assert pack_folder(mini.root, "balanced_av", "val", None).is_dir()
+    assert not pack_folder(mini.root, "balanced_av", "train", None).exists()
+    capsys.readouterr()
+    # CREMA-D's validation split is carved out of train: there is no val pack to build
+    assert main(pack_args(cremad, "--only", "val")) == 2
+    assert "cremad has no separate val split" in capsys.readouterr().err
