@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 RESUME_MAY_CHANGE: dict[str, str] = {
     "train.progress": "the progress display (--quiet)",
+    "train.tensorboard": "whether per-epoch TensorBoard scalars are written",
     "train.num_workers": "the data-loading worker count (shuffling and augmentation are seeded "
                          "per epoch and sample, not per worker)",
     "train.prefetch_factor": "how many batches loader workers read ahead",

@@ -50,6 +50,8 @@ class TrainSpec:
     pin_memory: bool = param(True, doc="page-locked host batches, copied without blocking "
                                        "(CUDA runs only)")
     progress: bool = True
+    tensorboard: bool = param(True, doc="per-epoch TensorBoard scalars in <run>/tensorboard "
+                                        "(when the tensorboard package is installed)")
     checkpoint_every: int = param(1, ge=0, doc="epochs between checkpoints; 0 = never")
     checkpoint_seconds: float = param(60.0, ge=0, doc="at least this much training time between "
                                       "checkpoints (the last epoch is always written); 0 = every "

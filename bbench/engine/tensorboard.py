@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import importlib.util
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,35 +17,23 @@ class TensorBoardLogger:
     """A Trainer callback: every numeric entry of the epoch record becomes a scalar.
 
     Method logs appear as `method/<key>` (e.g. `method/coef_audio`), everything else under
-    its record name (`train_loss`, `val_acc`, `val_acc_<m>`, `lr`). The scalars are written by
-    a thread of this logger's own (building the event protobufs cost a short run several
-    percent of its training time), so the loop only hands over the epoch's record; `close`
-    writes what is left and waits for it. The writer's own thread writes the events out every
-    FLUSH_SECONDS and on close.
+    its record name (`train_loss`, `val_acc`, `val_acc_<m>`, `lr`).
     """
 
     def __init__(self, log_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        # The writer's own thread writes the events out every FLUSH_SECONDS (and on close):
+        # a flush after every epoch cost a short run more than its steps' own bookkeeping.
         self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=FLUSH_SECONDS)
-        self._records: queue.SimpleQueue[tuple[int, dict[str, Any]] | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write, name="bbench-tensorboard", daemon=True)
-        self._thread.start()
 
     def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        self._records.put((epoch, record))
-
-    def _write(self) -> None:
-        while (item := self._records.get()) is not None:
-            epoch, record = item
-            for key, value in record.items():
-                if key == "method":
-                    for name, v in value.items():
-                        self.writer.add_scalar(f"method/{name}", v, epoch)
-                elif isinstance(value, (int, float)) and key != "epoch":
-                    self.writer.add_scalar(key, value, epoch)
+        for key, value in record.items():
+            if key == "method":
+                for name, v in value.items():
+                    self.writer.add_scalar(f"method/{name}", v, epoch)
+            elif isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(key, value, epoch)
 
     def close(self) -> None:
-        self._records.put(None)
-        self._thread.join()
         self.writer.close()

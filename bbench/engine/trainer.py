@@ -181,7 +181,7 @@ class Trainer:
                          self.samples_seen, self.global_step)
 
     def _run_epoch(self, epoch: int, progress: Progress) -> dict[str, Any]:
-        start = time.perf_counter()
+        epoch_started = start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         active = self.method.active(epoch)
         with self.flops.count("epoch_start"):
@@ -231,7 +231,7 @@ class Trainer:
                for k, v in zip(keys, counts.tolist())},
             **{f"val_{k}": v for k, v in val.items()},
             "method": self._method_record(epoch),
-            "seconds": time.perf_counter() - start,
+            "seconds": time.perf_counter() - epoch_started,  # passes, validation, epoch end
         }
         if not math.isfinite(record["train_loss"]):
             raise NonFiniteLossError(f"mean training loss of epoch {epoch} is not finite")

@@ -45,7 +45,8 @@ class HandFit:
     """What the hand loop returns: per-epoch validation, the selected epoch, and its time."""
 
     history: list[dict[str, float]]
-    """One entry per epoch: `epoch`, `val_acc` (argmax accuracy), `val_loss` (mean CE)."""
+    """One entry per epoch: `epoch`, `val_acc` (argmax accuracy), `val_loss` (mean CE) and
+    `seconds` (its wall time: steps, validation, selection; the run record's epoch `seconds`)."""
     best_epoch: int
     best_state: dict[str, torch.Tensor]
     seconds: float
@@ -90,6 +91,7 @@ class HandLoop:
         best_state: dict[str, torch.Tensor] = {}
         started = time.perf_counter()
         for epoch in range(train.epochs):
+            epoch_started = time.perf_counter()
             order = torch.Generator().manual_seed(loader_seed(train.seed, epoch, 0))
             loader = DataLoader(data.train, batch_size=train.batch_size, shuffle=True,
                                 drop_last=True, generator=order, collate_fn=data.collate,
@@ -101,11 +103,12 @@ class HandLoop:
                 F.cross_entropy(model(batch), batch["label"]).backward()
                 self.optimizer.step()
             acc, loss = self._validate(val_loader)
-            history.append({"epoch": epoch, "val_acc": acc, "val_loss": loss})
             if acc > best_acc or (acc == best_acc and loss < best_loss):
                 best_epoch, best_acc, best_loss = epoch, acc, loss
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             self.scheduler.step()
+            history.append({"epoch": epoch, "val_acc": acc, "val_loss": loss,
+                            "seconds": time.perf_counter() - epoch_started})
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return HandFit(history, best_epoch, best_state, time.perf_counter() - started)

@@ -174,3 +174,9 @@ def test_tensorboard_scalars_are_written_when_tensorboard_is_installed(small_run
     assert {"train_loss", "val_acc", "lr", "method/coef_a", "method/active"} <= tags
     assert [e.value for e in events.Scalars("val_acc")] == pytest.approx(
         [h["val_acc"] for h in result.history])
+
+
+def test_tensorboard_off_writes_no_event_files(small_run):
+    result = small_run("Baseline", **{"train.tensorboard": False})
+    assert not (result.run_dir / "tensorboard").exists()
+    assert result.history  # the per-epoch record is kept: only the event files are off
