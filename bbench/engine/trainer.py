@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -110,7 +111,7 @@ class Trainer:
         """The one place a step's update happens (skipped by fp16 loss scaling on overflow)."""
         self.precision.step(self.optimizer)
 
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager:
         """The low-precision region of a step's forward and loss (`train.precision`)."""
         return self.precision.autocast()
 
