@@ -188,7 +188,7 @@ class Trainer:
         with self.flops.count("epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct: dict[tuple[str, ...], torch.Tensor] = {}  # metric names -> their counts
+        correct: dict[tuple[str, ...], torch.Tensor] = {}  # the step model's modalities -> hits
         steps, seen = 0, 0
         set_epoch = getattr(train_set, "set_epoch", None)
         if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)
@@ -228,8 +228,8 @@ class Trainer:
         record: dict[str, Any] = {
             "epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / max(steps, 1),
             "steps": steps, "train_samples": seen,
-            **{f"train_{k}": float(v) / max(seen, 1) for keys, counts in correct.items()
-               for k, v in zip(keys, counts.tolist())},
+            **{f"train_{k}": float(v) / max(seen, 1) for modalities, counts in correct.items()
+               for k, v in zip(("acc", *(f"acc_{m}" for m in modalities)), counts.tolist())},
             **{f"val_{k}": v for k, v in val.items()},
             "method": self._method_record(epoch),
             "seconds": time.perf_counter() - epoch_started,  # passes, validation, epoch end
@@ -273,7 +273,7 @@ class Trainer:
         """
         logits = torch.cat([out.logits.detach().float()[None], out.all_unimodal_scoring()])
         hits = (logits.argmax(-1) == labels).sum(-1)
-        key = ("acc", *(f"acc_{m}" for m in out.model.modalities))
+        key = tuple(out.model.modalities)
         correct[key] = correct[key] + hits if key in correct else hits
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -62,17 +62,22 @@ class ForwardOut:
     def unimodal_scoring(self, index: int) -> torch.Tensor:
         """Scoring accessor: z_m from sg(W), sg(b), sg(h); creates no gradient. Float32 even
         when the forward ran in a low-precision autocast region (scores are method math)."""
-        return self._scoring([index])[0]
+        return scoring_logits(self.model, self.features, [index])[0]
 
     def all_unimodal_scoring(self) -> torch.Tensor:
         """[M, B, K]: the scoring accessor of every modality, in one no-gradient region."""
-        return self._scoring(range(len(self.model.modalities)))
+        return torch.stack(scoring_logits(self.model, self.features,
+                                          range(len(self.model.modalities))))
 
-    def _scoring(self, indices: Iterable[int]) -> torch.Tensor:
-        """No graph is recorded under no_grad, so float32 features need no detached copy."""
-        with torch.no_grad(), float32_region(self.logits.device):
-            features = [f if f.dtype == torch.float32 else f.float() for f in self.features]
-            return torch.stack([self.model.unimodal_logits(features, i) for i in indices])
+
+def scoring_logits(model: MultimodalModel, features: Sequence[torch.Tensor],
+                   indices: Iterable[int]) -> list[torch.Tensor]:
+    """z_m of each index from the scoring accessor: no gradient, in float32 whatever the
+    forward's precision (no graph is recorded under no_grad, so float32 features need no
+    detached copy)."""
+    with torch.no_grad(), float32_region(features[0].device):
+        features = [f if f.dtype == torch.float32 else f.float() for f in features]
+        return [model.unimodal_logits(features, i) for i in indices]
 
 
 @dataclass
@@ -357,10 +362,8 @@ class Method:
                labels: torch.Tensor) -> torch.Tensor:
         """s_m = Σ_i softmax(z_m,i)[y_i] for every m, from the scoring accessor (§1.6)."""
         with torch.no_grad(), float32_region(labels.device):
-            detached = [f.detach().float() for f in features]
-            return torch.stack([
-                model.unimodal_logits(detached, i).float().softmax(1).gather(1, labels[:, None]).sum()
-                for i in range(len(self.modalities))])
+            return torch.stack([z.softmax(1).gather(1, labels[:, None]).sum() for z in
+                                scoring_logits(model, features, range(len(self.modalities)))])
 
 
 def encoder_weight_tensors(model: MultimodalModel) -> list[tuple[int, nn.Parameter]]:

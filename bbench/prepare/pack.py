@@ -35,7 +35,8 @@ from bbench.data.pack import (BUILD_FILE, INDEX_COLUMNS, MANIFEST_FILE, STREAM_D
                               file_sha256, list_digest, pack_folder, pack_key, read_manifest,
                               signatures)
 from bbench.prepare.api import canonical_dataset
-from bbench.prepare.core import Job, JobContext, PrepareError, PrepareReport, run_jobs
+from bbench.prepare.core import (Job, JobContext, PrepareError, PrepareReport, run_jobs,
+                                 save_npy)
 from bbench.results.files import MalformedFileError, read_json, write_json
 
 CHUNK_ENTRIES = 128
@@ -58,7 +59,11 @@ class SplitPack:
     folder: Path
     key: dict[str, Any]
     signatures: dict[str, list[str]]
-    streams: dict[str, str]
+
+    @property
+    def streams(self) -> dict[str, str]:
+        """The split's streams (modality -> kind), as its reader packs them."""
+        return dict(self.reader.pack_streams)
 
     @property
     def digest(self) -> str:
@@ -66,10 +71,11 @@ class SplitPack:
         return list_digest(self.reader.ids, self.signatures, self.streams)
 
 
-def write_chunk(ctx: JobContext, reader: PackableReader, first: int, name: str, folder: Path,
-                streams: Sequence[str]) -> None:
+def write_chunk(ctx: JobContext, reader: PackableReader, first: int, name: str,
+                folder: Path) -> None:
     """Decode every sample of `reader` (the split's samples from position `first` on) into
     one chunk: a data file per stream, then the index."""
+    streams = list(reader.pack_streams)
     staged = {s: ctx.staging(".bin") for s in streams}
     handles = {s: open(staged[s], "wb") for s in streams}
     rows: list[list[int]] = []
@@ -91,7 +97,7 @@ def write_chunk(ctx: JobContext, reader: PackableReader, first: int, name: str, 
     for stream in streams:
         ctx.commit(staged[stream], folder / f"{name}.{stream}.bin")
     index = np.asarray(rows, dtype=np.int64).reshape(-1, INDEX_COLUMNS)
-    ctx.write(folder / f"{name}.index.npy", lambda p: np.save(p, index, allow_pickle=False))
+    save_npy(ctx, index, folder / f"{name}.index.npy")
 
 
 def chunk_is_whole(folder: Path, name: str, streams: Mapping[str, str]) -> bool:
@@ -264,12 +270,12 @@ def pack_dataset(dataset: str, data_root: str | Path, *, frame_short_side: Optio
             continue
         sigs, _ = signatures(reader, root)
         plan = SplitPack(split, reader, pack_folder(root, name, split, frame_short_side),
-                         pack_key(name, split, frame_short_side), sigs, dict(reader.pack_streams))
+                         pack_key(name, split, frame_short_side), sigs)
         finished = prepare_folder(plan, overwrite, report)
         chunks = _chunks(len(reader.ids), CHUNK_ENTRIES)
         jobs = [Job(split, f"{name_} ({reader.ids[p.start]} …)", write_chunk,
                     {"reader": reader.pack_subset(p), "first": p.start, "name": name_,
-                     "folder": plan.folder, "streams": list(plan.streams)},
+                     "folder": plan.folder},
                     tuple(plan.folder / f for f in chunk_files(name_, list(plan.streams))))
                 for name_, p in chunks]
         outcomes = run_jobs(jobs, plan.folder, workers=workers, progress=progress,

@@ -23,9 +23,9 @@ from bbench.config.identity import spec_hash
 from bbench.methods.registry import METHODS
 from bbench.results.files import MalformedFileError, read_json
 from bbench.results.record import RECORD_NAME, RunResult
+from bbench.study.jobs import JOBS_FILE as JOBS_NAME
+from bbench.study.tune import SELECTION_FILE as SELECTION_NAME
 
-JOBS_NAME = "jobs.json"
-SELECTION_NAME = "selection.json"
 PROGRESS_FROM = 50
 """Show a progress bar when reading at least this many records (fewer read in a blink)."""
 ROLES = ("final", "tune", "sweep", "input")
@@ -121,7 +121,8 @@ def group_records(records: Iterable[RunResult]) -> tuple[list[SeedGroup], list[S
     groups: dict[str, SeedGroup] = {}
     duplicates: list[Skipped] = []
     for r in records:
-        group = groups.setdefault(group_key(r), SeedGroup(group_key(r), []))
+        key = group_key(r)
+        group = groups.setdefault(key, SeedGroup(key, []))
         twin = next((o for o in group.records if seed_of(o) == seed_of(r)), None)
         if twin is not None:
             duplicates.append(Skipped(r.record_path, f"same configuration and seed as "

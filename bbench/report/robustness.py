@@ -136,12 +136,12 @@ def robustness_rows(records: Sequence[RunResult], group: Callable[[RunResult], H
             continue
         key = group(record)
         row = rows.get(key)
+        accuracies = subset_accuracies(record)
         if row is None:
             row = rows[key] = RobustnessRow(
                 key, label(record), record.method, record.dataset,
                 str((record.spec.get("eval") or {}).get("mask", "input")), (),
-                unavailable=unavailable_reason(record))
-        accuracies = subset_accuracies(record)
+                unavailable=None if accuracies is not None else unavailable_reason(record))
         if accuracies is None:
             continue
         modalities = record_modalities(accuracies)

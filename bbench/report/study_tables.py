@@ -102,7 +102,8 @@ def reference_group(group: SeedGroup, groups: Sequence[SeedGroup]) -> SeedGroup 
     """The reference method's group trained like `group` (or the only one on its dataset)."""
     ref = reference_method()
     candidates = [g for g in groups if g.method == ref and g.dataset == group.dataset]
-    alike = [g for g in candidates if comparable_key(g) == comparable_key(group)]
+    key = comparable_key(group)
+    alike = [g for g in candidates if comparable_key(g) == key]
     return (alike or (candidates if len(candidates) == 1 else [None]))[0]
 
 
@@ -111,7 +112,8 @@ def best_per_modality_group(group: SeedGroup, groups: Sequence[SeedGroup]) -> Se
     candidates = [g for g in groups if g.dataset == group.dataset
                   and METHODS.get(g.method).per_modality is not None
                   and METHODS.get(g.method).family == Family.REFERENCE]
-    alike = [g for g in candidates if comparable_key(g) == comparable_key(group)] or candidates
+    key = comparable_key(group)
+    alike = [g for g in candidates if comparable_key(g) == key] or candidates
     return max(alike, key=lambda g: mean(g.values("acc").values()), default=None)
 
 
@@ -375,14 +377,16 @@ def imbalance_table(groups: Sequence[SeedGroup]) -> Table:
 
 def robustness_table(groups: Sequence[SeedGroup]) -> Table:
     """Test accuracy (%) with each modality (for M >= 3, each subset) missing at test time."""
-    records = [r for g in scored(groups) for r in g.records]
+    kept = scored(groups)
+    records = [r for g in kept for r in g.records]
     keys = {id(r): g.key for g in groups for r in g.records}
-    ordered = [(row.label, g.key) for row in build_rows(scored(groups)) for g in row.groups.values()]
+    ordered = [(row.label, g.key) for row in build_rows(kept) for g in row.groups.values()]
     labels = {k: label for label, k in ordered}
     position = {k: i for i, (_, k) in enumerate(ordered)}
+    order = dataset_order(groups)
     found = sorted(robustness_rows(records, group=lambda r: keys[id(r)],
                                    label=lambda r: labels[keys[id(r)]]),
-                   key=lambda row: (dataset_order(groups).index(row.dataset), position[row.key]))
+                   key=lambda row: (order.index(row.dataset), position[row.key]))
     conditions = list(dict.fromkeys(c.label for row in found for c in row.columns))
     noted = any(row.unavailable for row in found)
     headers = ["Method", "Dataset", "eval mask"] + [f"{c} acc %" for c in conditions] + \

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from bbench.benchmarking.timing import synchronize
 from bbench.config.fields import SpecError
 from bbench.config.specs import RunSpec
 from bbench.data.base import DataModule, move_batch
@@ -109,8 +110,7 @@ class HandLoop:
             self.scheduler.step()
             history.append({"epoch": epoch, "val_acc": acc, "val_loss": loss,
                             "seconds": time.perf_counter() - epoch_started})
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         return HandFit(history, best_epoch, best_state, time.perf_counter() - started)
 
     @torch.no_grad()
