@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bbench.data.base import Batch, collate_samples, move_batch
-from bbench.metrics.classification import accuracy, macro_f1
+from bbench.metrics.classification import accuracies_and_f1
 from bbench.models.modes import eval_mode
 
 
@@ -69,10 +69,11 @@ def predict(method: Evaluates, model: nn.Module, loader: DataLoader, device: tor
 
 def split_metrics(pred: SplitPredictions, num_classes: int) -> dict[str, float]:
     """acc, f1, loss, and acc_<m>, f1_<m> for every modality's own prediction."""
-    metrics = {"acc": accuracy(pred.fused, pred.labels),
-               "f1": macro_f1(pred.fused, pred.labels, num_classes),
-               "loss": pred.loss}
-    for m, p in pred.per_modality.items():
-        metrics[f"acc_{m}"] = accuracy(p, pred.labels)
-        metrics[f"f1_{m}"] = macro_f1(p, pred.labels, num_classes)
+    names = list(pred.per_modality)
+    accs, f1s = accuracies_and_f1(torch.stack([pred.fused, *pred.per_modality.values()]),
+                                  pred.labels, num_classes)
+    metrics = {"acc": accs[0], "f1": f1s[0], "loss": pred.loss}
+    for m, acc, f1 in zip(names, accs[1:], f1s[1:]):
+        metrics[f"acc_{m}"] = acc
+        metrics[f"f1_{m}"] = f1
     return metrics

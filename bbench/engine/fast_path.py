@@ -69,9 +69,12 @@ class FastPath:
         return {k: v.contiguous(memory_format=torch.channels_last)
                 if isinstance(v, torch.Tensor) and v.ndim == 4 else v for k, v in batch.items()}
 
-    def loader_options(self) -> dict[str, Any]:
-        """DataLoader keyword arguments: workers, their read-ahead, pinned host memory."""
+    def loader_options(self, persistent: bool = False) -> dict[str, Any]:
+        """DataLoader keyword arguments: workers, their read-ahead, pinned host memory;
+        `persistent`: the workers outlive an iteration (a loader the run reuses every epoch,
+        whose workers would otherwise start again, and fork the split, each time)."""
         options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.num_workers > 0:
             options["prefetch_factor"] = self.prefetch_factor
+            options["persistent_workers"] = persistent
         return options

@@ -22,6 +22,9 @@ from typing import Hashable, Iterator
 from torch.utils.flop_counter import FlopCounterMode
 
 
+_NOT_COUNTED = contextlib.nullcontext()
+
+
 class FlopAccount:
     """Sums the FLOPs of every counted region of a run; resumable through `total`."""
 
@@ -44,20 +47,32 @@ class FlopAccount:
         self.last = int(counter.get_total_flops())
         self._add(region, self.last)
 
-    @contextlib.contextmanager
-    def count_step(self, signature: Hashable | None) -> Iterator[None]:
+    def skip(self, region: str) -> contextlib.AbstractContextManager:
+        """A region known to run no code (a hook a method does not override): 0 FLOPs,
+        recorded without entering a counter."""
+        if self.enabled:
+            self._add(region, 0)
+        return _NOT_COUNTED
+
+    def count_step(self, signature: Hashable | None) -> contextlib.AbstractContextManager:
         """A training step: counted the first time its signature is seen, then reused
-        (`signature` None: always counted, as in `all` mode)."""
-        if not self.enabled or signature is None or signature not in self.by_signature:
-            with self.count("step"):
-                yield
-            if self.enabled and signature is not None:
-                self.by_signature[signature] = self.last
-            return
-        yield
-        flops = self.by_signature[signature]
-        self._add("step", flops)
-        self.reused += flops
+        (`signature` None: always counted, as in `all` mode). A reused count is added when
+        the step starts, and the step runs in no counting context at all."""
+        if not self.enabled:
+            return _NOT_COUNTED
+        if signature is not None and signature in self.by_signature:
+            flops = self.by_signature[signature]
+            self._add("step", flops)
+            self.reused += flops
+            return _NOT_COUNTED
+        return self._count_first(signature)
+
+    @contextlib.contextmanager
+    def _count_first(self, signature: Hashable | None) -> Iterator[None]:
+        with self.count("step"):
+            yield
+        if signature is not None:
+            self.by_signature[signature] = self.last
 
     def _add(self, region: str, flops: int) -> None:
         self.total += flops

@@ -6,7 +6,8 @@ but then the workers hold copies of the split made when they started, and a spli
 `set_epoch` (its augmentations are keyed by (seed, epoch, index)) in the main process no
 longer reaches them. So the sampler here yields (epoch, index) pairs and `EpochKeyed` sets
 the epoch in whichever process reads the sample: a sample is the same function of (seed,
-epoch, index) with 0, 2 or 8 workers, persistent or not.
+epoch, index) with 0, 2 or 8 workers, persistent or not. A batch's key is its list of
+indices carrying the epoch (`EpochBatch`), which a worker receives with the indices.
 
 The order of pass (epoch, phase) is the one a fresh `DataLoader(shuffle=True,
 generator=...)` seeded with `loader_seed(seed, epoch, phase)` draws (`Trainer.train_loader`,
@@ -18,7 +19,7 @@ release changes the DataLoader's draws.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -34,35 +35,35 @@ def loader_seed(seed: int, epoch: int, phase: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + phase) % (2**63 - 1)
 
 
+class EpochBatch(list):
+    """One batch's sample indices, and the epoch they are read for."""
+
+    def __init__(self, indices: list[int], epoch: int) -> None:
+        super().__init__(indices)
+        self.epoch = epoch  # pickled with the indices when a worker process reads the batch
+
+
 class EpochKeyed(Dataset):
-    """A split read by (epoch, index) keys: the epoch is set in the reading process."""
+    """A split read by `EpochBatch` keys: the epoch is set in the reading process."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
         self._set_epoch: Callable[[int], None] | None = getattr(base, "set_epoch", None)
+        self._getitems: Callable[[list[int]], Any] | None = getattr(base, "__getitems__", None)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def _at(self, epoch: int) -> None:
+    def __getitems__(self, batch: EpochBatch) -> Any:
+        """One batch; the base's own batched read when it has one."""
         if self._set_epoch is not None:
-            self._set_epoch(epoch)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        self._at(epoch)
-        return self.base[index]
-
-    def __getitems__(self, keys: Sequence[tuple[int, int]]) -> Any:
-        """One batch (its keys share an epoch); the base's own batched read when it has one."""
-        self._at(keys[0][0])
-        indices = [index for _, index in keys]
-        getitems = getattr(self.base, "__getitems__", None)
-        return getitems(indices) if getitems is not None else [self.base[i] for i in indices]
+            self._set_epoch(batch.epoch)
+        return (self._getitems(batch) if self._getitems is not None
+                else [self.base[i] for i in batch])
 
 
-class SeededBatches(Sampler[list[tuple[int, int]]]):
-    """Batches of (epoch, index) keys of the pass set by `at(epoch, phase)`, drop_last."""
+class SeededBatches(Sampler[EpochBatch]):
+    """Batches of the pass set by `at(epoch, phase)`, drop_last."""
 
     def __init__(self, size: int, batch_size: int, seed: int) -> None:
         self.size, self.batch_size, self.seed = size, batch_size, seed
@@ -74,13 +75,13 @@ class SeededBatches(Sampler[list[tuple[int, int]]]):
     def __len__(self) -> int:
         return self.size // self.batch_size
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[EpochBatch]:
         generator = torch.Generator().manual_seed(loader_seed(self.seed, self.epoch, self.phase))
         for _ in range(DATALOADER_DRAWS):
             torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(self.size, generator=generator).tolist()
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield [(self.epoch, i) for i in order[start:start + self.batch_size]]
+            yield EpochBatch(order[start:start + self.batch_size], self.epoch)
 
 
 class PassLoaders:

@@ -33,6 +33,9 @@ BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000
 
 
+_FULL_PRECISION = contextlib.nullcontext()  # reusable: one for every fp32 step
+
+
 class MixedPrecision:
     """The autocast context, backward passes and optimizer steps of one run's precision."""
 
@@ -51,7 +54,7 @@ class MixedPrecision:
     def autocast(self) -> contextlib.AbstractContextManager:
         """The region that runs in the low-precision dtype (a no-op for fp32)."""
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _FULL_PRECISION
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     # -- gradients ----------------------------------------------------------------------------

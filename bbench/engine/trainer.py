@@ -38,7 +38,8 @@ from bbench.engine.loading import PassLoaders, loader_seed
 from bbench.engine.optim import build_optimizer, build_scheduler
 from bbench.engine.precision import MixedPrecision
 from bbench.engine.progress import Progress
-from bbench.methods.base import ForwardOut, Method
+from bbench.engine.train_accuracy import TrainingAccuracy
+from bbench.methods.base import Method
 from bbench.methods.loop import StepInfo, TrainingData
 
 log = logging.getLogger("bbench")
@@ -85,6 +86,7 @@ class Trainer:
         self.precision = MixedPrecision(spec.precision, self.device)
         self.passes = PassLoaders(spec.batch_size, spec.seed, data.collate,
                                   self.fast_path.loader_options())
+        self._val_loader: DataLoader | None = None  # built at the first validation, kept
         self.scheduler = build_scheduler(spec.scheduler, self.optimizer)
         self.run_dir = run_dir
         self.flops = FlopAccount(enabled=count_flops and spec.flops != "off")
@@ -127,12 +129,11 @@ class Trainer:
     def check_finite(self, loss: torch.Tensor, step: StepInfo) -> None:
         """The step's one host read: training cannot go on from a NaN (a scalar loss is read
         with one `.item()`, cheaper than a device-side check and a read of its result)."""
-        value = loss.detach()
-        finite = (math.isfinite(value.item()) if value.numel() == 1
-                  else bool(torch.isfinite(value).all()))
+        finite = (math.isfinite(loss.item()) if loss.numel() == 1
+                  else bool(torch.isfinite(loss.detach()).all()))
         if not finite:
             raise NonFiniteLossError(
-                f"loss is {float(value.float().mean())} at epoch {step.epoch}, batch "
+                f"loss is {float(loss.detach().float().mean())} at epoch {step.epoch}, batch "
                 f"{step.batch_index} (global step {step.global_step}); training stopped. Lower the "
                 f"learning rate or check the inputs for NaN/inf.")
 
@@ -160,7 +161,7 @@ class Trainer:
             self.method.on_fit_start(self)
             self._restore(resume_state)
         else:
-            with self.flops.count("fit_start"):
+            with self._hook_flops("on_fit_start"):
                 self.method.on_fit_start(self)
         progress = Progress(self.spec.epochs, enabled=self.spec.progress,
                             label=f"{self.method.name}", start=self.epoch)
@@ -176,6 +177,7 @@ class Trainer:
         finally:
             progress.close()
             self.passes.close()
+            self._val_loader = None  # its workers exit when it is collected
         return FitResult(self.history, self.best_epoch, self.best_val, self.best_state,
                          self.flops.total, dict(self.flops.regions), self.flops.reused,
                          self.train_seconds, time.perf_counter() - started,
@@ -185,10 +187,10 @@ class Trainer:
         epoch_started = start = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
         active = self.method.active(epoch)
-        with self.flops.count("epoch_start"):
+        with self._hook_flops("on_epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct: dict[tuple[str, ...], torch.Tensor] = {}  # the step model's modalities -> hits
+        losses: list[torch.Tensor] = []  # summed once at the end of the epoch
+        correct = TrainingAccuracy()
         steps, seen = 0, 0
         set_epoch = getattr(train_set, "set_epoch", None)
         if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)
@@ -207,29 +209,35 @@ class Trainer:
                 info = StepInfo(epoch, j, n_b, self.global_step, phase, active)
                 with self.flops.count_step(self._step_signature(batch, info)):
                     result = self.method.train_step(self, batch, info)
-                loss_sum.add_(result.loss.detach())  # float64 sum, no host read
+                losses.append(result.loss)  # detached by the method; no host read
                 steps += 1
                 self.global_step += 1
                 seen += int(batch["label"].shape[0])
                 if result.out is not None:
-                    self._count_correct(result.out, batch["label"], correct)
+                    correct.add(result.out, batch["label"])
+        hits = correct.read()
+        with torch.no_grad():
+            loss_sum = float(torch.stack(losses).double().sum())
         self.samples_seen += seen
         self.train_seconds += time.perf_counter() - start
-        val = split_metrics(predict(self.method, self.model, self.eval_loader(self.data.val),
-                                    self.device), self.data.info.num_classes)
+        if self._val_loader is None:
+            self._val_loader = eval_loader(self.data.val, self.spec.batch_size, self.data.collate,
+                                           **self.fast_path.loader_options(persistent=True))
+        val = split_metrics(predict(self.method, self.model, self._val_loader, self.device),
+                            self.data.info.num_classes)
         if self._improves(val):  # keep the weights that were validated, before on_epoch_end edits
             self.best_epoch, self.best_val = epoch, dict(val)
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         start = time.perf_counter()
-        with self.flops.count("epoch_end"):
+        with self._hook_flops("on_epoch_end"):
             self.method.on_epoch_end(self, epoch)
         self.scheduler.step()
         self.train_seconds += time.perf_counter() - start
         record: dict[str, Any] = {
-            "epoch": epoch, "lr": lr, "train_loss": float(loss_sum) / max(steps, 1),
+            "epoch": epoch, "lr": lr, "train_loss": loss_sum / max(steps, 1),
             "steps": steps, "train_samples": seen,
-            **{f"train_{k}": float(v) / max(seen, 1) for modalities, counts in correct.items()
-               for k, v in zip(("acc", *(f"acc_{m}" for m in modalities)), counts.tolist())},
+            **{f"train_{k}": v / max(seen, 1) for modalities, counts in hits.items()
+               for k, v in zip(("acc", *(f"acc_{m}" for m in modalities)), counts)},
             **{f"val_{k}": v for k, v in val.items()},
             "method": self._method_record(epoch),
             "seconds": time.perf_counter() - epoch_started,  # passes, validation, epoch end
@@ -240,11 +248,20 @@ class Trainer:
         log.debug("epoch %d: %s", epoch, record)
         return record
 
+    def _hook_flops(self, hook: str) -> AbstractContextManager:
+        """The FLOP region of a method hook (`on_epoch_end` -> `epoch_end`). A hook the method
+        does not override runs no code: its region gets 0 without entering FlopCounterMode,
+        which costs a small run's epoch more than the loop's own bookkeeping."""
+        region = hook.removeprefix("on_")
+        if getattr(type(self.method), hook) is getattr(Method, hook):
+            return self.flops.skip(region)
+        return self.flops.count(region)
+
     def _step_signature(self, batch: Batch, info: StepInfo) -> tuple | None:
         """What a step's FLOPs depend on (flops.py); None in `all` mode: count every step."""
         if self.spec.flops != "signature":
             return None
-        shapes = tuple((k, tuple(v.shape)) for k, v in batch.items() if isinstance(v, torch.Tensor))
+        shapes = tuple((k, v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor))
         return info.phase, info.active, self.method.step_branch(info), shapes
 
     def _improves(self, val: dict[str, float]) -> bool:
@@ -261,20 +278,6 @@ class Trainer:
         if self.method.windowed:
             record["active"] = float(self.method.active(epoch))
         return record
-
-    @torch.no_grad()
-    def _count_correct(self, out: ForwardOut, labels: torch.Tensor,
-                       correct: dict[tuple[str, ...], torch.Tensor]) -> None:
-        """Training accuracy, fused and per modality, from the step's own forward (not FLOP-counted).
-
-        Modalities are named by the step's model, not the dataset: a Unimodal model on `mor`
-        has one feature, and it is `mor`'s. One [1 + M] count per step, kept on the device
-        until the epoch ends.
-        """
-        logits = torch.cat([out.logits.detach().float()[None], out.all_unimodal_scoring()])
-        hits = (logits.argmax(-1) == labels).sum(-1)
-        key = tuple(out.model.modalities)
-        correct[key] = correct[key] + hits if key in correct else hits
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:

@@ -83,6 +83,11 @@ class AMCoHead(FusionHead):
         contrib, bias = parts
         return contrib @ self.lstar.weight.t(), self.lstar(bias)
 
+    def unimodal_affine(self, state, index):
+        return self.split.unimodal_affine(
+            {k.removeprefix("split."): v for k, v in state.items() if k.startswith("split.")},
+            index)
+
 
 def mask_probability(level: float, eps: float) -> float:
     """p = sin(π/2 · min(ε, ℓ)/ε): 0 at ℓ = 0, rising to exactly 1 once ℓ ≥ ε."""

@@ -4,12 +4,14 @@ Every head takes the feature list in modality order. Additively separable (late-
 heads also expose `affine_contributions`, the per-modality logit term at given features, so
 that z = bias + Σ_m contribution_m exactly (linear heads, and the cosine head, whose terms
 are nonlinear in h_m but still one per modality); the Shapley metric then evaluates all 2^M
-modality subsets from one encoder pass (metrics.md, "One encoder pass").
+modality subsets from one encoder pass (metrics.md, "One encoder pass"). Heads whose z_m
+is affine in h_m also say so through `unimodal_affine`, read off a copy of their state, so
+that the loop's training accuracy can evaluate many steps' copies in one batched product.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +39,14 @@ class FusionHead(nn.Module):
         self, features: Sequence[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(contrib [M, N, K], bias [K]) with logits = bias + Σ_m contrib[m], or None if nonlinear."""
+        return None
+
+    def unimodal_affine(self, state: Mapping[str, torch.Tensor],
+                        index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(W_m [..., K, d_m], b_m [..., K]) such that the head with state `state` (its
+        `state_dict`, each tensor optionally stacked along leading dimensions, e.g. one copy
+        per training step) has unimodal(h, m) = h_m W_m^T + b_m; None where z_m is not affine
+        in h_m (the default). Tests compare it with `unimodal` for every head."""
         return None
 
     @classmethod
@@ -72,6 +82,10 @@ class ConcatHead(FusionHead):
         contrib = torch.stack([f @ self.weight_block(i).t() for i, f in enumerate(features)])
         return contrib, self.fc.bias
 
+    def unimodal_affine(self, state, index):
+        weight = state["fc.weight"][..., self._offsets[index]:self._offsets[index + 1]]
+        return weight, state["fc.bias"] / len(self.dims)
+
 
 class SumHead(FusionHead):
     """z = Σ_m (W_m h_m + b_m): one linear classifier per modality, logits summed (OGM-GE's 'sum')."""
@@ -91,6 +105,9 @@ class SumHead(FusionHead):
     def affine_contributions(self, features):
         contrib = torch.stack([fc(f) for fc, f in zip(self.fcs, features)])
         return contrib, torch.zeros_like(self.fcs[0].bias)
+
+    def unimodal_affine(self, state, index):
+        return state[f"fcs.{index}.weight"], state[f"fcs.{index}.bias"]
 
 
 class SharedHead(FusionHead):
@@ -115,6 +132,10 @@ class SharedHead(FusionHead):
     def affine_contributions(self, features):
         contrib = torch.stack([self.pad(f) @ self.fc.weight.t() for f in features])
         return contrib, self.fc.bias * len(features)
+
+    def unimodal_affine(self, state, index):
+        # pad() appends zeros: only the first d_m columns of H meet h_m.
+        return state["fc.weight"][..., :self.dims[index]], state["fc.bias"]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from bbench.metrics.classification import accuracy, macro_f1
+from bbench.metrics.classification import accuracies_and_f1, accuracy, macro_f1
 
 
 def reference_macro_f1(pred: list[int], true: list[int], k: int) -> float:
@@ -30,3 +30,19 @@ def test_class_never_seen_nor_predicted_counts_as_zero():
     pred = torch.tensor([0, 1, 0, 1])
     assert macro_f1(pred, pred, 3) == pytest.approx(2 / 3)
     assert macro_f1(pred, pred, 2) == 1.0
+
+
+@given(st.integers(2, 6).flatmap(lambda k: st.tuples(
+    st.just(k), st.integers(1, 4), st.integers(0, 40), st.integers(0, 10**6))))
+def test_each_row_of_a_batched_count_is_that_rows_own_metrics(case):
+    """Validation counts the fused and every modality's prediction in one confusion count: row
+    r's accuracy and F1 are the per-class definitions of row r alone (0.0 for an empty split)."""
+    k, rows, n, seed = case
+    generator = torch.Generator().manual_seed(seed)
+    preds = torch.randint(0, k, (rows, n), generator=generator)
+    labels = torch.randint(0, k, (n,), generator=generator)
+    accs, f1s = accuracies_and_f1(preds, labels, k)
+    for r in range(rows):
+        pred, true = preds[r].tolist(), labels.tolist()
+        assert f1s[r] == pytest.approx(reference_macro_f1(pred, true, k) if n else 0.0, abs=1e-12)
+        assert accs[r] == (sum(p == t for p, t in zip(pred, true)) / n if n else 0.0)

@@ -150,7 +150,11 @@ def test_workers_get_their_read_ahead_and_none_without_workers():
     assert FastPath.for_spec(TrainSpec(), CPU).loader_options() == {"num_workers": 0,
                                                                     "pin_memory": False}
     options = FastPath.for_spec(TrainSpec(num_workers=2, prefetch_factor=4), CPU).loader_options()
-    assert options == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4}
+    assert options == {"num_workers": 2, "pin_memory": False, "prefetch_factor": 4,
+                       "persistent_workers": False}
+    persistent = FastPath.for_spec(TrainSpec(num_workers=2), CPU).loader_options(persistent=True)
+    assert persistent["persistent_workers"]
+    assert "persistent_workers" not in FastPath.for_spec(TrainSpec(), CPU).loader_options(True)
 
 
 def test_channels_last_puts_convolution_weights_and_image_batches_in_nhwc():
