@@ -4,9 +4,9 @@ Why deferred: the per-modality count (`train_acc_<m>`, the curve OGM-GE's paper 
 each modality's scoring logits z_m on every training batch. Computed inside every step, its
 M head products and the argmax counts cost small steps (mfeat: about 1.2 ms on a 2-core CPU)
 15–20 % of their time, in operator dispatch rather than arithmetic. So a step only keeps what
-the count needs: the fused logits and the features it already computed (detached
-references, no copy) and a copy of the fusion head's state as the step left it (a step's
-scoring z_m uses the head after its update, as the per-step count did). Every `chunk` steps,
+the count needs: the fused logits and the features it already computed (references, no
+copy, read under no_grad) and a copy of the fusion head's state as the step left it (a step's
+scoring z_m uses the head after its update, as the per-step count did). Every `CHUNK` steps,
 and when the epoch ends, the kept steps are evaluated together:
 
 - a head whose z_m is affine in h_m (`FusionHead.unimodal_affine`: concat, sum, shared, and

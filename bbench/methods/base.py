@@ -64,11 +64,6 @@ class ForwardOut:
         when the forward ran in a low-precision autocast region (scores are method math)."""
         return scoring_logits(self.model, self.features, [index])[0]
 
-    def all_unimodal_scoring(self) -> torch.Tensor:
-        """[M, B, K]: the scoring accessor of every modality, in one no-gradient region."""
-        return torch.stack(scoring_logits(self.model, self.features,
-                                          range(len(self.model.modalities))))
-
 
 def scoring_logits(model: MultimodalModel, features: Sequence[torch.Tensor],
                    indices: Iterable[int]) -> list[torch.Tensor]:
