@@ -39,41 +39,56 @@ def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_s
 @dataclass
 class SplitPredictions:
     labels: torch.Tensor
-    fused: torch.Tensor  # predicted classes
-    per_modality: dict[str, torch.Tensor]
+    predicted: torch.Tensor
+    """[1 + M, N] predicted classes: row 0 the fused logits', row 1 + i modality `names[i]`'s."""
+    names: tuple[str, ...]
     loss: float
+
+    @property
+    def fused(self) -> torch.Tensor:
+        return self.predicted[0]
+
+    @property
+    def per_modality(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.predicted[1:]))
 
 
 @torch.no_grad()
 def predict(method: Evaluates, model: nn.Module, loader: DataLoader, device: torch.device
             ) -> SplitPredictions:
-    """Run the method's evaluation forward over a loader, restoring the model's mode after."""
-    names = method.eval_modalities(model)
-    labels, fused, per = [], [], {m: [] for m in names}
-    loss_sum, count = 0.0, 0
+    """Run the method's evaluation forward over a loader, restoring the model's mode after.
+
+    Per batch: one argmax over the fused and every modality's logits stacked, one copy to the
+    host; the batch losses are summed once at the end (in float64, as a Python sum of their
+    float32 values would be): small validation splits are evaluated every epoch, where each
+    further operator call per batch shows (docs/benchmarks.md, harness overhead).
+    """
+    names = tuple(method.eval_modalities(model))
+    labels: list[torch.Tensor] = []
+    predicted: list[torch.Tensor] = []
+    losses: list[torch.Tensor] = []
     with eval_mode(model):
         for batch in loader:
             batch = move_batch(batch, device)
             logits, unimodal = method.eval_logits(model, batch)
             y = batch["label"]
-            loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-            count += int(y.numel())
-            labels.append(y.cpu())
-            fused.append(logits.argmax(1).cpu())
-            for m, z in zip(names, unimodal):
-                per[m].append(z.argmax(1).cpu())
-    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long)  # noqa: E731
-    return SplitPredictions(cat(labels), cat(fused), {m: cat(v) for m, v in per.items()},
-                            loss_sum / max(count, 1))
+            losses.append(F.cross_entropy(logits.float(), y, reduction="sum"))
+            labels.append(y)
+            predicted.append(torch.stack([logits, *unimodal]).argmax(-1).cpu())
+    if not labels:
+        return SplitPredictions(torch.zeros(0, dtype=torch.long),
+                                torch.zeros((1 + len(names), 0), dtype=torch.long), names, 0.0)
+    labels_all = torch.cat(labels).cpu()
+    loss_sum = float(torch.stack(losses).double().sum())
+    return SplitPredictions(labels_all, torch.cat(predicted, 1), names,
+                            loss_sum / labels_all.numel())
 
 
 def split_metrics(pred: SplitPredictions, num_classes: int) -> dict[str, float]:
     """acc, f1, loss, and acc_<m>, f1_<m> for every modality's own prediction."""
-    names = list(pred.per_modality)
-    accs, f1s = accuracies_and_f1(torch.stack([pred.fused, *pred.per_modality.values()]),
-                                  pred.labels, num_classes)
+    accs, f1s = accuracies_and_f1(pred.predicted, pred.labels, num_classes)
     metrics = {"acc": accs[0], "f1": f1s[0], "loss": pred.loss}
-    for m, acc, f1 in zip(names, accs[1:], f1s[1:]):
+    for m, acc, f1 in zip(pred.names, accs[1:], f1s[1:]):
         metrics[f"acc_{m}"] = acc
         metrics[f"f1_{m}"] = f1
     return metrics
