@@ -4,9 +4,10 @@ Group ``loader/cremad/workers=<w>`` (w = 0 and 2), impl ``jpeg`` (dataset.option
 PIL decodes every frame, `torch.load` reads every spectrogram) and ``pack`` (the pack built by
 `bbench prepare cremad --pack`, frames as stored). One round is one shuffled pass of the
 Trainer's own pass loader, `PassLoaders.for_pass(split, epoch, 0)` (batch 32,
-`collate_samples`, the last partial batch dropped), with the loader options `FastPath` gives
-a CPU run of ``train.num_workers=w``: the workers are started once, by the warm-up round,
-and kept for every later pass, as in training. The split is the training split of a
+`collate_samples`, the last partial batch dropped), each batch then brought into the form a
+model takes by `move_batch` (the uint8 frames normalised in the main process), with the
+loader options `FastPath` gives a CPU run of ``train.num_workers=w``: the workers are started
+once, by the warm-up round, and kept for every later pass, as in training. The split is the training split of a
 generated CREMA-D-format set: ``CLIPS`` listed training clips (506 after the 10 % validation
 carve-out) of 3 frames of ``FRAME_HW`` (CREMA-D's own 480 × 360), a (300, 128) float32
 spectrogram each, the CREMA-D defaults (`image_size` 224, 2 frames per clip).
@@ -23,7 +24,7 @@ import torch
 
 from bbench.config.specs import DatasetSpec, TrainSpec
 from bbench.data import build_datamodule
-from bbench.data.base import collate_samples
+from bbench.data.base import collate_samples, move_batch
 from bbench.engine.fast_path import FastPath
 from bbench.engine.loading import PassLoaders
 from bbench.prepare.pack import pack_dataset
@@ -34,6 +35,7 @@ TEST_CLIPS = 12
 FRAMES = 3
 FRAME_HW = (360, 480)
 BATCH = 32
+CPU = torch.device("cpu")
 ROUNDS = 3
 
 
@@ -74,12 +76,17 @@ def test_loader(benchmark, cremad_set: tuple[Path, str], workers: int, impl: str
     assert (train.reader.pack is None) == (impl == "jpeg")
     benchmark.group = f"loader/cremad/workers={workers}"
     options = FastPath.for_spec(TrainSpec(num_workers=workers, batch_size=BATCH),
-                                torch.device("cpu")).loader_options()
+                                CPU).loader_options()
     passes = PassLoaders(BATCH, 0, collate_samples, options)
     epochs = iter(range(ROUNDS + 1))
 
     def one_pass() -> int:
-        return sum(len(batch["id"]) for batch in passes.for_pass(train, next(epochs), 0))
+        seen = 0
+        for batch in passes.for_pass(train, next(epochs), 0):
+            batch = move_batch(batch, CPU)  # what every consumer does: uint8 pixels normalised
+            seen += len(batch["id"])
+        assert batch["visual"].dtype == torch.float32
+        return seen
 
     seen = benchmark.pedantic(one_pass, rounds=ROUNDS, warmup_rounds=1)
     passes.close()

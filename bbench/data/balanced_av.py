@@ -28,7 +28,7 @@ from bbench.data.reading import decode_image, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport, no_usable_samples
 from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
-                                    normalise_rgb, resize_exact, stack_frames)
+                                    resize_exact, stack_frames)
 
 NAME = "balanced_av"
 MODALITIES = ("audio", "visual")
@@ -125,7 +125,7 @@ class BalancedAVReader:
                       else stack_frames(self._frames(record, picks)))
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
-            out["visual"] = normalise_rgb(frames)
+            out["visual"] = frames  # uint8: normalised by move_batch after the hand-over
         return out
 
     def _frames(self, record: Record, picks: list[int]) -> list[torch.Tensor]:

@@ -4,6 +4,12 @@ A sample is a dict with one tensor per modality name, `label` (int64) and `index
 position in the split, which sample-level valuation keys on). Loaders may add `id`.
 Resampled training sets (modality valuation) add `keep`, a bool row of length M saying
 which modalities' features the model keeps for that sample.
+
+Image modalities (frames, flow planes) leave a loader as uint8 pixels (…, C, H, W); every
+consumer brings a batch to its device with `move_batch`, which normalises them there
+(`transforms.normalise_pixels`) into the float32 `DataInfo.input_dtypes` declares. So the
+batches that cross the workers' shared memory and the host-to-device copy are a quarter of
+their float32 size, and no method or model ever sees raw pixels.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, default_collate
+
+from bbench.data.transforms import normalise_pixels
 
 Batch = dict[str, Any]
 
@@ -41,7 +49,7 @@ class DataInfo:
     modalities: tuple[str, ...]
     num_classes: int
     input_shapes: dict[str, tuple[int, ...]]
-    input_dtypes: dict[str, torch.dtype]
+    input_dtypes: dict[str, torch.dtype]  # as models see them: after `move_batch`
 
 
 @dataclass
@@ -154,7 +162,13 @@ def split_labels(dataset: Dataset) -> torch.Tensor:
     return torch.stack([torch.as_tensor(dataset[i]["label"]) for i in range(len(dataset))])
 
 
+def model_input(value: torch.Tensor) -> torch.Tensor:
+    """A batch entry as models take it: uint8 pixels normalised to float32, the rest as is."""
+    return normalise_pixels(value) if value.dtype == torch.uint8 else value
+
+
 def move_batch(batch: Batch, device: torch.device) -> Batch:
-    """Every tensor of a batch on `device` (other entries, e.g. ids, unchanged)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+    """Every tensor of a batch on `device` as models take it (`model_input`: pixels are
+    normalised after the move); other entries, e.g. ids, unchanged."""
+    return {k: model_input(v.to(device, non_blocking=True)) if isinstance(v, torch.Tensor) else v
             for k, v in batch.items()}

@@ -23,7 +23,7 @@ from bbench.data.pack import Pack, Source, clip_streams, stored_array
 from bbench.data.reading import decode_image
 from bbench.data.skips import SkipReport
 from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
-                                    normalise_rgb, resize_exact, stack_frames)
+                                    resize_exact, stack_frames)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class FolderClipReader:
                       else stack_frames([self._decode(position, k) for k in picks]))
             frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
                       else resize_exact(frames, opts.image_size))
-            out["visual"] = normalise_rgb(frames)
+            out["visual"] = frames  # uint8: normalised by move_batch after the hand-over
         return out
 
     def _decode(self, position: int, k: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bbench.data.base import DataInfo, DataModule
+from bbench.data.base import DataInfo, DataModule, model_input
 from bbench.data.errors import DataFormatError, MissingDataError
 from bbench.data.index_cache import cache_root, digest
 from bbench.data.options import CommonOptions
@@ -157,7 +157,7 @@ def verify_splits(info: DataInfo, splits: Mapping[str, Dataset], count: int) -> 
         for i in range(min(count, len(split))):  # type: ignore[arg-type]
             sample = split[i]
             for m in info.modalities:
-                value = sample[m]
+                value = model_input(sample[m])  # the dtype a model gets, after move_batch
                 if tuple(value.shape) != info.input_shapes[m] or value.dtype != info.input_dtypes[m]:
                     raise DataFormatError(
                         f"{info.name} {name}: sample {sample.get('id', i)!r} gives {m} of shape "

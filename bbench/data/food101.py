@@ -33,7 +33,7 @@ from bbench.data.pack import FRAMES, Pack, Source, with_pack
 from bbench.data.reading import decode_image
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import fit_short_side, normalise_rgb, resize_exact
+from bbench.data.transforms import fit_short_side, resize_exact
 
 NAME = "food101"
 MODALITIES = ("text", "visual")
@@ -189,7 +189,7 @@ class Food101Reader:
                     image = image.flip(-1)
             else:
                 image = resize_exact(image, size)
-            out["visual"] = normalise_rgb(image).unsqueeze(0)
+            out["visual"] = image.unsqueeze(0)  # uint8: normalised by move_batch
         return out
 
     def _decode(self, position: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 One job: what a decoded sample goes through before it reaches a model -- the optional
 stored-resolution resize (`fit_short_side`), the §2.0 frame-selection rule, one crop/flip per
-clip, deterministic eval resizing, ImageNet normalisation and the crop/pad of stored
-spectrograms -- written once for all loaders.
+clip, deterministic eval resizing, the pixel normalisation `move_batch` applies after a
+batch's hand-over and the crop/pad of stored spectrograms -- written once for all loaders.
 
 Training randomness of a sample comes from `numpy.random.default_rng([seed, epoch, index])`
 (§0.3, `sample_rng`), so a sample is a pure function of (run seed, epoch, position in the split)
@@ -11,6 +11,7 @@ and does not depend on `num_workers` or on which samples were read before it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,9 +23,11 @@ from bbench.data.errors import malformed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-"""The normalisation as (3, 1, 1) tensors, built once: `normalise_rgb` runs for every sample."""
+PIXEL_NORMALISATION: dict[int, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    3: (IMAGENET_MEAN, IMAGENET_STD),  # RGB frames
+    2: ((0.5, 0.5), (0.5, 0.5)),       # optical-flow u/v planes, to [−1, 1]
+}
+"""(mean, std) per channel of uint8 pixels after the division by 255, by channel count."""
 
 
 def frame_indices(n: int, count: int, rng: Optional[np.random.Generator]) -> list[int]:
@@ -90,9 +93,27 @@ def resized_crop_box(height: int, width: int, rng: np.random.Generator,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def normalise_rgb(frames: torch.Tensor) -> torch.Tensor:
-    """uint8 (…, 3, H, W) → float32 in ImageNet normalisation."""
-    return frames.float().div_(255.0).sub_(_MEAN).div_(_STD)
+@functools.lru_cache(maxsize=None)
+def _normalisation(channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (C, 1, 1) mean and std on `device`, built once: `normalise_pixels` runs per batch."""
+    if channels not in PIXEL_NORMALISATION:
+        raise ValueError(f"uint8 pixels with {channels} channels: only "
+                         f"{', '.join(map(str, sorted(PIXEL_NORMALISATION)))} (RGB, flow) are known")
+    mean, std = PIXEL_NORMALISATION[channels]
+    return (torch.tensor(mean, device=device).view(-1, 1, 1),
+            torch.tensor(std, device=device).view(-1, 1, 1))
+
+
+def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (…, C, H, W) → float32: RGB (C = 3) in ImageNet normalisation, flow planes
+    (C = 2) in [−1, 1].
+
+    Loaders hand frames over as uint8 and `data.base.move_batch` calls this after the move
+    to the model's device: a quarter of float32's bytes cross the workers' shared memory and
+    the host-to-device copy. Element-wise, so a batch gets the values its samples would get.
+    """
+    mean, std = _normalisation(int(pixels.shape[-3]), pixels.device)
+    return pixels.float().div_(255.0).sub_(mean).div_(std)
 
 
 def clip_train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:

@@ -27,7 +27,7 @@ from bbench.data.pack import FRAMES, Pack, Source, with_pack
 from bbench.data.reading import decode_image, read_text_lines
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import (fit_short_side, frame_indices, normalise_rgb, resize_exact,
+from bbench.data.transforms import (fit_short_side, frame_indices, resize_exact,
                                     stack_frames)
 
 NAME = "ucf101"
@@ -97,7 +97,8 @@ def read_list(path: Path, classes: dict[str, int]) -> list[tuple[str, int]]:
 
 
 def flow_transform(u: torch.Tensor, v: torch.Tensor, size: int, flip: bool) -> torch.Tensor:
-    """(T, 2, size, size) in [−1, 1] from uint8 (T, 1, H, W) u and v planes.
+    """uint8 (T, 2, size, size) from uint8 (T, 1, H, W) u and v planes (`move_batch` maps
+    them to [−1, 1] after the hand-over).
 
     A flip mirrors both planes and negates u (p → 255 − p): horizontal motion changes sign.
     """
@@ -105,7 +106,7 @@ def flow_transform(u: torch.Tensor, v: torch.Tensor, size: int, flip: bool) -> t
     if flip:
         flow = flow.flip(-1)
         flow[:, 0] = 255 - flow[:, 0]
-    return flow.float().div_(255.0).sub_(0.5).div_(0.5)
+    return flow
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class UCF101Reader:
         if "visual" in self.modalities:
             frames = self._frames(position, "rgb", rgb_picks)
             frames = resize_exact(frames, opts.image_size)
-            out["visual"] = normalise_rgb(frames.flip(-1) if flip else frames)
+            out["visual"] = frames.flip(-1) if flip else frames  # uint8, as flow
         return out
 
     def _folder(self, position: int, stream: str) -> tuple[Path, tuple[str, ...]]:

@@ -11,12 +11,12 @@ import torch
 
 from bbench.config.fields import SpecError
 from bbench.data import DATASETS
-from bbench.data.base import DataModule
+from bbench.data.base import DataModule, model_input
 from bbench.data.errors import DataFormatError, MissingDataError, UnsafePickleError
 from bbench.data.index_cache import list_frames
 from bbench.data.reading import decode_image
 from bbench.data.splits import read_id_list, stratified_carve_out
-from bbench.data.transforms import (frame_indices, normalise_rgb, resize_exact, sample_rng,
+from bbench.data.transforms import (frame_indices, normalise_pixels, resize_exact, sample_rng,
                                     stack_frames)
 from bbench.testing import MINIATURES, make_miniature
 from bbench.testing.fixtures import IMAGE_SIZE
@@ -72,10 +72,11 @@ def test_samples_shapes_labels_and_determinism(name: str, miniature, load) -> No
             assert sample["label"].dtype == torch.int64 and sample["label"].shape == ()
             assert sample["id"] == split.ids[i]
             for m in info.modalities:
-                assert tuple(sample[m].shape) == info.input_shapes[m], (name, m)
-                assert sample[m].dtype == info.input_dtypes[m]
-                if sample[m].is_floating_point():
-                    assert torch.isfinite(sample[m]).all()
+                value = model_input(sample[m])  # as move_batch gives it (uint8 pixels normalised)
+                assert tuple(value.shape) == info.input_shapes[m], (name, m)
+                assert value.dtype == info.input_dtypes[m]
+                if value.is_floating_point():
+                    assert torch.isfinite(value).all()
         if name != "cmu_mosei":
             assert all(int(y) == facts["labels"][i] for i, y in zip(split.ids, split.labels))
     # eval transforms are deterministic and independent of the epoch
@@ -132,11 +133,11 @@ def test_class_signal_is_learnable(name: str, miniature, load) -> None:
     for m in dm.info.modalities:
         if dm.info.input_dtypes[m] != torch.float32:
             continue
-        x = torch.stack([s[m].flatten() for s in dm.train_eval])
+        x = torch.stack([model_input(s[m]).flatten() for s in dm.train_eval])
         y = dm.train_eval.labels
         classes = y.unique()
         means = torch.stack([x[y == k].mean(0) for k in classes])
-        xt = torch.stack([s[m].flatten() for s in dm.test])
+        xt = torch.stack([model_input(s[m]).flatten() for s in dm.test])
         pred = classes[torch.cdist(xt, means).argmin(1)]
         acc = float((pred == dm.test.labels).float().mean())
         assert acc > 1.0 / len(classes) + 0.1, (name, m, acc)
@@ -156,7 +157,7 @@ def test_weak_option_blends_towards_noise(tmp_path: Path, load) -> None:
     spread = []
     for mini in (strong, weak):
         dm = load("cremad", mini)
-        colours = torch.stack([s["visual"].mean((0, 2, 3)) for s in dm.test])
+        colours = torch.stack([model_input(s["visual"]).mean((0, 2, 3)) for s in dm.test])
         means = torch.stack([colours[dm.test.labels == k].mean(0) for k in range(6)])
         spread.append(float(means.std(0).mean()))
     assert spread[1] < 0.5 * spread[0]
@@ -201,9 +202,9 @@ def test_cremad_edge_cases(miniature, load) -> None:
     clip = facts["natural_sort"]
     assert list_frames(root / "visual" / clip) == [f"frame_{i}.jpg" for i in range(1, 11)]
     i = dm.test.ids.index(clip)
-    expected = normalise_rgb(resize_exact(stack_frames(
+    expected = resize_exact(stack_frames(
         [decode_image(root / "visual" / clip / f"frame_{k}.jpg", "", "RGB", "t") for k in (3, 8)]),
-        IMAGE_SIZE))
+        IMAGE_SIZE)  # uint8: move_batch normalises after the hand-over
     assert torch.equal(dm.test[i]["visual"], expected)
     # a clip with one frame: the frame is repeated (kept, not dropped)
     one = dm.test[dm.test.ids.index(facts["one_frame"])]["visual"]
@@ -226,7 +227,7 @@ def test_cremad_train_frames_share_one_crop(miniature, load) -> None:
                                for k in picks])
         from bbench.data.transforms import clip_train_crop
 
-        expected = normalise_rgb(clip_train_crop(frames, IMAGE_SIZE, rng))
+        expected = clip_train_crop(frames, IMAGE_SIZE, rng)
         dm.train.set_epoch(0)
         assert torch.equal(dm.train[i]["visual"], expected)
 
@@ -429,7 +430,7 @@ def test_ucf101_lists_flow_and_shared_flip(miniature, load) -> None:
     assert (len(short.u), len(short.v)) == (8, 7)
     # flow around 128 → values near 0; class offset moves u and v in opposite directions
     for i in range(len(dm.test)):
-        flow = dm.test[i]["flow"]
+        flow = model_input(dm.test[i]["flow"])
         assert flow.min() >= -1 and flow.max() <= 1
     # one flip decision per sample shared by RGB and flow; flipping negates u
     for i in range(len(dm.train)):
@@ -445,15 +446,18 @@ def test_ucf101_lists_flow_and_shared_flip(miniature, load) -> None:
         dm.train.set_epoch(0)
         sample = dm.train[i]
         assert torch.equal(sample["flow"], flow_transform(u, v, IMAGE_SIZE, flip))
-        assert torch.equal(sample["visual"], normalise_rgb(rgb.flip(-1) if flip else rgb))
+        assert torch.equal(sample["visual"], rgb.flip(-1) if flip else rgb)
     u = torch.randint(0, 256, (3, 1, 20, 20), dtype=torch.uint8)
     v = torch.randint(0, 256, (3, 1, 20, 20), dtype=torch.uint8)
     plain, flipped = flow_transform(u, v, 20, False), flow_transform(u, v, 20, True)
-    assert torch.allclose(flipped[:, 0], -plain[:, 0].flip(-1), atol=1e-6)  # u → −u, mirrored
+    assert plain.dtype == torch.uint8  # move_batch maps the planes to [−1, 1]
+    assert torch.equal(flipped[:, 0], 255 - plain[:, 0].flip(-1))  # u → −u, mirrored
     assert torch.equal(flipped[:, 1], plain[:, 1].flip(-1))
+    assert torch.allclose(normalise_pixels(flipped)[:, 0], -normalise_pixels(plain)[:, 0].flip(-1),
+                          atol=1e-6)
     zero = flow_transform(torch.full((1, 1, 4, 4), 128, dtype=torch.uint8),
                           torch.full((1, 1, 4, 4), 128, dtype=torch.uint8), 4, False)
-    assert torch.allclose(zero, torch.tensor(128 / 255 * 2 - 1), atol=1e-6)
+    assert torch.allclose(normalise_pixels(zero), torch.tensor(128 / 255 * 2 - 1), atol=1e-6)
 
 
 # -- FOOD-101 ----------------------------------------------------------------------------------
