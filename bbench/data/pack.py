@@ -10,8 +10,10 @@ decoded arrays. The readers then apply their usual transforms to those arrays, e
 freshly decoded files, so both paths give the same tensors for the same (seed, epoch, index).
 
 What a pack holds is what a reader's decode step produces (`pack_content`): every frame of a
-clip as uint8 (C, H, W) after the optional `frame_short_side` resize, every stored
-spectrogram as float32 in its stored shape. Frame selection, crops, flips, resizing to
+clip as uint8 after the optional `frame_short_side` resize, stored as its (H, W, C) bytes
+(`stored_item`: channels-last, the order the decoder gives and the one the resize's uint8
+fast path reads) and read back as a (C, H, W) view of them, every stored spectrogram as
+float32 in its stored shape. Frame selection, crops, flips, resizing to
 `image_size`, normalisation and the audio crop/pad all stay at load time, so one pack serves
 any `image_size`, `frames_per_clip` or `audio_frames`; only `frame_short_side` (and the data
 itself) changes the content, and it is part of the pack's key.
@@ -52,9 +54,10 @@ from bbench.results.files import MalformedFileError, read_json
 log = logging.getLogger("bbench")
 
 PACK_DIRNAME = ".bbench_pack"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped whenever the layout of a pack or its signatures change; a pack of another version is
-rebuilt (2: signatures cover the size and mtime of single-file sources)."""
+rebuilt (2: signatures cover the size and mtime of single-file sources; 3: frames stored as
+(H, W, C))."""
 BUILD_FILE = "build.json"
 MANIFEST_FILE = "manifest.json"
 FRAMES, ARRAY = "frames", "array"
@@ -112,6 +115,12 @@ class PackableReader(Protocol):
 
 
 R = TypeVar("R", bound=PackableReader)
+
+
+def stored_item(kind: str, item: np.ndarray) -> np.ndarray:
+    """An item as a pack stores it: a frame's (C, H, W) as (H, W, C) (no copy when it is a
+    view of decoded (H, W, C) memory, as `reading.decode_image` gives), an array as it is."""
+    return np.moveaxis(item, 0, -1) if kind == FRAMES else item
 
 
 def clip_streams(modalities: Sequence[str]) -> dict[str, str]:
@@ -332,8 +341,9 @@ class Pack:
         return np.array(data[offset:offset + int(np.prod(shape))]).reshape(shape)
 
     def frame(self, position: int, stream: str, k: int) -> torch.Tensor:
-        """The k-th decoded uint8 (C, H, W) frame of the sample, as the JPEG path decodes it."""
-        return torch.from_numpy(self.item(position, stream, k))
+        """The k-th decoded uint8 (C, H, W) frame of the sample, as the JPEG path decodes it
+        (a view of (H, W, C) memory)."""
+        return torch.from_numpy(self.item(position, stream, k)).permute(2, 0, 1)
 
     def frames(self, position: int, stream: str, picks: Sequence[int]) -> torch.Tensor:
         """Frames `picks` of the sample as (T, C, H, W), what `stack_frames` makes of them.
@@ -349,7 +359,7 @@ class Pack:
         size = int(np.prod(shape))
         for t, (data, offset, _) in enumerate(where):
             out[t] = data[offset:offset + size].reshape(shape)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).permute(0, 3, 1, 2)  # (T, H, W, C) memory
 
     def _map(self, chunk: int, stream: str) -> np.memmap:
         """The memory map of one chunk file, opened on first use; the least recently used map

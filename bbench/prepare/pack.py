@@ -33,7 +33,7 @@ from bbench.data.errors import DataFormatError
 from bbench.data.pack import (BUILD_FILE, INDEX_COLUMNS, MANIFEST_FILE, STREAM_DTYPES,
                               PackableReader, chunk_files, decoder_versions, file_problems,
                               file_sha256, list_digest, pack_folder, pack_key, read_manifest,
-                              signatures)
+                              signatures, stored_item)
 from bbench.prepare.api import canonical_dataset
 from bbench.prepare.core import (Job, JobContext, PrepareError, PrepareReport, run_jobs,
                                  save_npy)
@@ -84,9 +84,9 @@ def write_chunk(ctx: JobContext, reader: PackableReader, first: int, name: str,
         for position in range(len(reader.ids)):
             content = reader.pack_content(position)
             for sid, stream in enumerate(streams):
-                dtype = STREAM_DTYPES[reader.pack_streams[stream]]
+                kind = reader.pack_streams[stream]
                 for item in content[stream]:
-                    array = np.ascontiguousarray(item, dtype=dtype)
+                    array = np.ascontiguousarray(stored_item(kind, item), dtype=STREAM_DTYPES[kind])
                     shape = list(array.shape) + [0] * (3 - array.ndim)
                     rows.append([first + position, sid, offsets[stream], array.ndim, *shape])
                     handles[stream].write(array.tobytes())

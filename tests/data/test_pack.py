@@ -449,11 +449,15 @@ def test_packs_live_beside_the_data_under_their_key(cremad: Miniature) -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), height=st.integers(8, 64), width=st.integers(8, 64),
-       size=st.integers(4, 48), frames=st.integers(1, 3))
+       size=st.integers(4, 48), frames=st.integers(1, 3), decoded_layout=st.booleans())
 def test_the_contiguous_box_crop_equals_resized_crop(seed: int, height: int, width: int,
-                                                     size: int, frames: int) -> None:
+                                                     size: int, frames: int,
+                                                     decoded_layout: bool) -> None:
+    """Whether the clip is in (C, H, W) memory or, as decoded and packed, (H, W, C)."""
     clip = torch.from_numpy(np.random.default_rng(seed).integers(
         0, 256, (frames, 3, height, width), dtype=np.uint8))
+    if decoded_layout:
+        clip = clip.contiguous(memory_format=torch.channels_last)
     ours = clip_train_crop(clip, size, np.random.default_rng(seed))
     rng = np.random.default_rng(seed)  # the form clip_train_crop had before, same draws
     top, left, h, w = resized_crop_box(height, width, rng)

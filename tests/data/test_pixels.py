@@ -3,7 +3,9 @@
 `transforms.normalise_pixels` is the one place frames and flow planes become float32; these
 tests pin its values (against the formula in float64), that a batch gets exactly what its
 samples would get one by one, that `move_batch` converts pixels and nothing else, and that an
-image with a channel count of no known normalisation is refused by name.
+image with a channel count of no known normalisation is refused by name. Frames are kept in
+the (H, W, C) memory they are decoded into, which the uint8 resize reads fastest: the
+resize's values do not depend on that layout, and the normalised batch is contiguous.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bbench.data.base import model_input, move_batch
-from bbench.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalise_pixels
+from bbench.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, normalise_pixels, resize_exact,
+                                    stack_frames)
 
 CPU = torch.device("cpu")
 
@@ -47,6 +50,33 @@ def test_a_batch_gets_what_its_samples_get(seed: int, batch: int, channels: int)
     pixels = _pixels(seed, (batch, 2, channels, 6, 7))
     one_by_one = torch.stack([normalise_pixels(p) for p in pixels])
     assert torch.equal(normalise_pixels(pixels), one_by_one)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), frames=st.integers(1, 3), channels=st.sampled_from([1, 3]),
+       height=st.integers(2, 90), width=st.integers(2, 90), size=st.integers(2, 64))
+def test_resize_values_do_not_depend_on_the_memory_layout(seed: int, frames: int, channels: int,
+                                                           height: int, width: int,
+                                                           size: int) -> None:
+    """The assumption the decoded (H, W, C) layout rests on: torchvision's antialiased uint8
+    resize gives the same values for channels-last and contiguous input (down and up)."""
+    decoded = _pixels(seed, (frames, height, width, channels)).permute(0, 3, 1, 2)
+    assert torch.equal(resize_exact(decoded, size), resize_exact(decoded.contiguous(), size))
+    assert torch.equal(resize_exact(decoded[0], size), resize_exact(decoded[0].contiguous(), size))
+
+
+def test_stacked_frames_keep_the_decoded_layout() -> None:
+    decoded = [_pixels(k, (5, 7, 3)).permute(2, 0, 1) for k in range(3)]  # as decode_image
+    stacked = stack_frames(decoded)
+    assert torch.equal(stacked, torch.stack([f.contiguous() for f in decoded]))
+    assert stacked.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_normalised_batch_is_contiguous_whatever_the_pixels_layout() -> None:
+    frames = _pixels(2, (4, 2, 3, 6, 5))
+    decoded = torch.stack([f.contiguous(memory_format=torch.channels_last) for f in frames])
+    out = normalise_pixels(decoded)
+    assert out.is_contiguous() and torch.equal(out, normalise_pixels(frames))
 
 
 def test_flow_planes_span_minus_one_to_one() -> None:
