@@ -17,7 +17,7 @@ import bbench
 from bbench.config.fields import SpecError
 from bbench.config.resolve import resolve_spec
 from bbench.config.specs import EncoderSpec, ModelSpec, OptimizerSpec, TrainSpec
-from bbench.data.base import DataInfo, TensorMultimodalDataset
+from bbench.data.base import DataInfo, TensorMultimodalDataset, move_batch
 from bbench.data.registry import build_datamodule
 from bbench.engine.evaluate import eval_loader
 from bbench.engine.flops import count_forward_flops
@@ -493,7 +493,7 @@ def brute_force_shapley(model: MMTMModel, loader, names: tuple[str, ...]) -> dic
         for r in range(len(names) + 1):
             for subset in itertools.combinations(names, r):
                 hits, total = 0, 0
-                for batch in loader:
+                for batch in map(lambda b: move_batch(b, CPU), loader):  # pixels normalised
                     masked = {**batch, **{m: torch.zeros_like(batch[m]) for m in names
                                           if m not in subset}}
                     hits += int((model(masked).argmax(1) == batch["label"]).sum())
