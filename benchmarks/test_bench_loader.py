@@ -6,7 +6,7 @@ PIL decodes every frame, `torch.load` reads every spectrogram) and ``pack`` (the
 Trainer's own pass loader, `PassLoaders.for_pass(split, epoch, 0)` (batch 32,
 `collate_samples`, the last partial batch dropped), each batch then brought into the form a
 model takes by `move_batch` (the uint8 frames normalised in the main process), with the
-loader options `FastPath` gives a CPU run of ``train.num_workers=w``: the workers are started
+process settings and loader options `FastPath` gives a CPU run of ``train.num_workers=w``: the workers are started
 once, by the warm-up round, and kept for every later pass, as in training. The split is the training split of a
 generated CREMA-D-format set: ``CLIPS`` listed training clips (506 after the 10 % validation
 carve-out) of 3 frames of ``FRAME_HW`` (CREMA-D's own 480 × 360), a (300, 128) float32
@@ -75,8 +75,9 @@ def test_loader(benchmark, cremad_set: tuple[Path, str], workers: int, impl: str
     train = build_datamodule(DatasetSpec(name="cremad", root=str(root), options=options)).train
     assert (train.reader.pack is None) == (impl == "jpeg")
     benchmark.group = f"loader/cremad/workers={workers}"
-    options = FastPath.for_spec(TrainSpec(num_workers=workers, batch_size=BATCH),
-                                CPU).loader_options()
+    fast_path = FastPath.for_spec(TrainSpec(num_workers=workers, batch_size=BATCH), CPU)
+    fast_path.apply_process_settings()  # as a run does: host memory reuse for the batches
+    options = fast_path.loader_options()
     passes = PassLoaders(BATCH, 0, collate_samples, options)
     epochs = iter(range(ROUNDS + 1))
 

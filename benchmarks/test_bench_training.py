@@ -10,6 +10,10 @@ BATCH (the preset's 64 would take minutes per step) and each member runs ROUNDS 
 warm-up step; consecutive steps keep training, as in a run. The GPU script
 (``bash benchmarks/gpu/run.sh``) times the same step at the preset's batch, compiled too.
 
+Group ``train_step/resnet18-av/host-memory``: the fp32 Baseline step at batch HOST_BATCH with
+``train.reuse_host_memory`` on (a run's default: glibc keeps freed large buffers) and off
+(every large buffer a fresh mmap, page-faulted anew each step), side by side in one process.
+
     pytest benchmarks/test_bench_training.py --benchmark-only --benchmark-json=train.json
     python benchmarks/test_bench_training.py train.json   # samples/s, x Baseline step (Markdown)
 """
@@ -22,6 +26,7 @@ import pytest
 import torch
 
 from bbench.benchmarking.timing import Timing
+from bbench.engine import host_memory
 from bbench.testing.throughput import (
     InputSize,
     StepResult,
@@ -55,12 +60,31 @@ def test_train_step(benchmark, precision, channels_last, method):
     assert out.out.logits.dtype == dtype  # the forward ran in the configured precision
 
 
+HOST_BATCH = 8
+
+
+@pytest.mark.skipif(not host_memory.available(), reason="host memory reuse needs glibc")
+@pytest.mark.parametrize("reuse", [True, False], ids=["reused", "unmapped"])
+def test_train_step_host_memory(benchmark, reuse: bool) -> None:
+    setting = StepSetting("Baseline", reuse_host_memory=reuse)
+    benchmark.group = "train_step/resnet18-av/host-memory"
+    step = TrainStep(setting, InputSize(batch=HOST_BATCH), CPU)  # its Trainer sets the switch
+    assert host_memory.reusing() == reuse
+    benchmark.extra_info.update(batch=step.samples)
+    out = benchmark.pedantic(step, rounds=ROUNDS, warmup_rounds=1)
+    assert torch.isfinite(out.loss)
+
+
 def main(path: str) -> None:
     """The Markdown table of docs/benchmarks.md from a --benchmark-json file."""
     data = json.load(open(path))
     results = []
     for b in data["benchmarks"]:
         p = b["params"]
+        if "reuse" in p:
+            print(f"host memory {'reused' if p['reuse'] else 'unmapped'}: batch "
+                  f"{b['extra_info']['batch']}, median {b['stats']['median'] * 1e3:.0f} ms/step")
+            continue
         setting = StepSetting(p["method"], p["precision"], p["channels_last"])
         results.append(StepResult(setting, b["extra_info"]["batch"], Timing(tuple(b["stats"]["data"]))))
     mi = data.get("machine_info", {})

@@ -49,6 +49,9 @@ class TrainSpec:
     prefetch_factor: int = param(2, ge=1, doc="batches each loader worker reads ahead")
     pin_memory: bool = param(True, doc="page-locked host batches, copied without blocking "
                                        "(CUDA runs only)")
+    reuse_host_memory: bool = param(True, doc="glibc keeps freed large host buffers for the next "
+                                              "step instead of unmapping them (same values; "
+                                              "engine/host_memory.py)")
     progress: bool = True
     tensorboard: bool = param(True, doc="per-epoch TensorBoard scalars in <run>/tensorboard "
                                         "(when the tensorboard package is installed)")

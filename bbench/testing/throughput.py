@@ -44,16 +44,18 @@ class StepSetting:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    reuse_host_memory: bool = True  # the default of a run (engine/host_memory.py)
 
     @property
     def variant(self) -> str:
         """The training settings alone: the steps compared with one Baseline share it."""
         return " + ".join([self.precision] + ["channels_last"] * self.channels_last
-                          + ["compile"] * self.compile)
+                          + ["compile"] * self.compile
+                          + ["host memory unmapped"] * (not self.reuse_host_memory))
 
     def overrides(self) -> dict[str, Any]:
         return {"train.precision": self.precision, "train.channels_last": self.channels_last,
-                "train.compile": self.compile}
+                "train.compile": self.compile, "train.reuse_host_memory": self.reuse_host_memory}
 
 
 @dataclass(frozen=True)
@@ -203,7 +205,8 @@ def result_rows(results: Sequence[StepResult]) -> list[dict[str, Any]]:
     for r in results:
         row: dict[str, Any] = {"method": r.setting.method, "precision": r.setting.precision,
                                "channels_last": r.setting.channels_last,
-                               "compile": r.setting.compile, "batch": r.samples}
+                               "compile": r.setting.compile,
+                               "reuse_host_memory": r.setting.reuse_host_memory, "batch": r.samples}
         if r.timing is not None:
             row.update(r.timing.as_dict(), samples_per_second=r.samples_per_second,
                        baseline_multiple=multiples.get(r.setting),
@@ -224,7 +227,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         variant = StepSetting(row["method"], row["precision"], row["channels_last"],
-                              row["compile"]).variant
+                              row["compile"], row.get("reuse_host_memory", True)).variant
         if "median_ms" in row:
             timing = f"{row['median_ms']:.2f} ({row['min_ms']:.2f}-{row['max_ms']:.2f})"
             lines.append(f"| {row['method']} | {variant} | {num(row['batch'], 'd')} | "

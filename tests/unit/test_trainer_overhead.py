@@ -11,6 +11,7 @@ import bbench
 from bbench.config.specs import EncoderSpec, ModelSpec, OptimizerSpec, TrainSpec
 from bbench.data.base import DataInfo, TensorMultimodalDataset
 from bbench.engine import checkpoint as ckpt
+from bbench.engine import host_memory
 from bbench.engine.fast_path import FastPath
 from bbench.engine.flops import FlopAccount
 from bbench.engine.trainer import Trainer
@@ -183,7 +184,7 @@ def test_the_run_record_says_which_speed_options_took_effect(tmp_path):
                            "train.channels_last": True})
     assert result.environment["fast_path"] == {
         "channels_last": True, "compile": False, "deterministic": True, "cudnn_benchmark": False,
-        "pin_memory": False, "num_workers": 0, "prefetch_factor": None, "precision": "fp32"}
+        "reuse_host_memory": host_memory.available(), "pin_memory": False, "num_workers": 0, "prefetch_factor": None, "precision": "fp32"}
     assert result.metrics["fit_seconds"] >= result.metrics["train_seconds"] > 0
 
 
