@@ -15,8 +15,9 @@ switched on from inside a running one; `mallopt` can.
 
 Process-wide: the setting holds for the whole process and for DataLoader workers forked after
 it. Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
-128 KiB) and hands the kept free memory back (`malloc_trim`), only where this module switched
-it on, so a process it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it is unavailable and reported so.
+128 KiB) and hands the kept free pages back (`malloc_trim`; a large block is mmapped again
+once no free chunk of the heap fits it), only where this module switched it on, so a process
+it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it is unavailable and reported so.
 """
 from __future__ import annotations
 
@@ -70,6 +71,6 @@ def set_host_memory_reuse(on: bool) -> bool:
     elif not on and _reusing:
         libc.mallopt(M_MMAP_MAX, GLIBC_DEFAULT_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_TRIM_THRESHOLD)
-        libc.malloc_trim(0)  # the kept free memory goes back: large blocks are mmapped again
+        libc.malloc_trim(0)  # the kept free pages go back to the system
         _reusing = False
     return _reusing
