@@ -81,7 +81,7 @@ def main(path: str) -> None:
     results = []
     for b in data["benchmarks"]:
         p = b["params"]
-        if "reuse" in p:
+        if "reuse" in p:  # its own batch (HOST_BATCH): not a member of the table's Baseline groups
             print(f"host memory {'reused' if p['reuse'] else 'unmapped'}: batch "
                   f"{b['extra_info']['batch']}, median {b['stats']['median'] * 1e3:.0f} ms/step")
             continue

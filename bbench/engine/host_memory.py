@@ -17,7 +17,8 @@ Process-wide: the setting holds for the whole process and for DataLoader workers
 it. Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
 128 KiB) and hands the kept free pages back (`malloc_trim`; a large block is mmapped again
 once no free chunk of the heap fits it), only where this module switched it on, so a process
-it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it is unavailable and reported so.
+it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it
+is unavailable and reported so.
 """
 from __future__ import annotations
 
@@ -66,8 +67,9 @@ def set_host_memory_reuse(on: bool) -> bool:
     if libc is None:
         return False
     if on and not _reusing:
-        _reusing = bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD,
-                                                                           NEVER_TRIM))
+        no_mmap = libc.mallopt(M_MMAP_MAX, 0)
+        no_trim = libc.mallopt(M_TRIM_THRESHOLD, NEVER_TRIM)
+        _reusing = bool(no_mmap and no_trim)  # mallopt returns 1 on success
     elif not on and _reusing:
         libc.mallopt(M_MMAP_MAX, GLIBC_DEFAULT_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, GLIBC_DEFAULT_TRIM_THRESHOLD)

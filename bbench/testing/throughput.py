@@ -227,7 +227,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         variant = StepSetting(row["method"], row["precision"], row["channels_last"],
-                              row["compile"], row.get("reuse_host_memory", True)).variant
+                              row["compile"], row["reuse_host_memory"]).variant
         if "median_ms" in row:
             timing = f"{row['median_ms']:.2f} ({row['min_ms']:.2f}-{row['max_ms']:.2f})"
             lines.append(f"| {row['method']} | {variant} | {num(row['batch'], 'd')} | "

@@ -493,7 +493,8 @@ def brute_force_shapley(model: MMTMModel, loader, names: tuple[str, ...]) -> dic
         for r in range(len(names) + 1):
             for subset in itertools.combinations(names, r):
                 hits, total = 0, 0
-                for batch in map(lambda b: move_batch(b, CPU), loader):  # pixels normalised
+                for raw in loader:
+                    batch = move_batch(raw, CPU)  # uint8 pixels normalised, as every consumer
                     masked = {**batch, **{m: torch.zeros_like(batch[m]) for m in names
                                           if m not in subset}}
                     hits += int((model(masked).argmax(1) == batch["label"]).sum())

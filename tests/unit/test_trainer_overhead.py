@@ -184,7 +184,8 @@ def test_the_run_record_says_which_speed_options_took_effect(tmp_path):
                            "train.channels_last": True})
     assert result.environment["fast_path"] == {
         "channels_last": True, "compile": False, "deterministic": True, "cudnn_benchmark": False,
-        "reuse_host_memory": host_memory.available(), "pin_memory": False, "num_workers": 0, "prefetch_factor": None, "precision": "fp32"}
+        "reuse_host_memory": host_memory.available(), "pin_memory": False, "num_workers": 0,
+        "prefetch_factor": None, "precision": "fp32"}
     assert result.metrics["fit_seconds"] >= result.metrics["train_seconds"] > 0
 
 
