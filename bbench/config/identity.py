@@ -19,6 +19,8 @@ RESUME_MAY_CHANGE: dict[str, str] = {
     "train.pin_memory": "whether host batches are page-locked before the copy to the GPU",
     "train.reuse_host_memory": "whether freed host buffers are kept for reuse (where buffers "
                                "live, not what is computed)",
+    "train.modality_train_acc": "whether each modality's training accuracy is counted (what the "
+                                "record shows, not what is trained)",
     "train.checkpoint_every": "how often checkpoints are written (resume is exact from any)",
     "train.checkpoint_seconds": "how often checkpoints are written (resume is exact from any)",
     "dataset.options.pack": "whether frames are read from the packed cache or decoded from the "

@@ -60,6 +60,10 @@ class TrainSpec:
                                       "checkpoints (the last epoch is always written); 0 = every "
                                       "checkpoint_every epochs")
     flops: Literal["signature", "all", "off"] = "signature"
+    modality_train_acc: bool = param(
+        False, doc="also count each modality's training accuracy (train_acc_<m>) every epoch: "
+                   "a copy of the fusion head per step and M batched head products per epoch, "
+                   "about 5 % of a small model's training time (docs/benchmarks.md)")
     precision: Literal["fp32", "bf16", "fp16"] = param(
         "fp32", doc="autocast dtype of the training forward; fp16 adds a gradient scaler")
     channels_last: bool = param(False, doc="convolutional encoders and image batches in NHWC")

@@ -87,6 +87,7 @@ class Trainer:
         self.passes = PassLoaders(spec.batch_size, spec.seed, data.collate,
                                   self.fast_path.loader_options())
         self._val_loader: DataLoader | None = None  # built at the first validation, kept
+        self._train_accuracy = TrainingAccuracy(spec.modality_train_acc)  # read every epoch
         self.scheduler = build_scheduler(spec.scheduler, self.optimizer)
         self.run_dir = run_dir
         self.flops = FlopAccount(enabled=count_flops and spec.flops != "off")
@@ -190,7 +191,7 @@ class Trainer:
         with self._hook_flops("on_epoch_start"):
             train_set = self.method.on_epoch_start(self, epoch) or self.data.train
         losses: list[torch.Tensor] = []  # summed once at the end of the epoch
-        correct = TrainingAccuracy()
+        correct = self._train_accuracy
         steps, seen = 0, 0
         set_epoch = getattr(train_set, "set_epoch", None)
         if set_epoch is not None:  # augmentation randomness keyed by (seed, epoch, index)

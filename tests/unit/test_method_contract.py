@@ -161,7 +161,7 @@ def test_resume_runs_on_fit_start_once_before_restoring_and_ends_like_an_uninter
 
 def test_unimodal_training_accuracy_is_named_by_its_own_modality(tmp_path):
     result = bbench.run("Unimodal", "mfeat", modality="mor", epochs=1, progress=False,
-                        out=str(tmp_path / "u"))
+                        out=str(tmp_path / "u"), **{"train.modality_train_acc": True})
     assert result.history
     for record in result.history:
         assert "train_acc_mor" in record and 0 <= record["train_acc_mor"] <= 1

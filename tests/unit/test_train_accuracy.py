@@ -43,7 +43,7 @@ def test_every_step_is_evaluated_with_its_own_copy_of_the_head(name, steps, batc
     features = [[torch.randn(batch, d) for d in dims] for _ in range(steps)]
     names = list(states[0])
     got = unimodal_over_steps(head, names, [torch.stack([s[k] for s in states]) for k in names],
-                              features)
+                              [torch.stack(f) for f in zip(*features)])
     assert got.shape == (steps, len(dims), batch, classes)
     for s, state in enumerate(states):
         head.load_state_dict(state)
@@ -91,7 +91,7 @@ def test_a_head_vmap_cannot_run_is_evaluated_step_by_step():
     features = [[torch.randn(5, 3), torch.randn(5, 2)] for _ in range(3)]
     names = list(states[0])
     got = unimodal_over_steps(head, names, [torch.stack([s[k] for s in states]) for k in names],
-                              features)
+                              [torch.stack(f) for f in zip(*features)])
     for s, state in enumerate(states):
         head.load_state_dict(state)
         with torch.no_grad():
@@ -169,3 +169,54 @@ def test_a_step_counts_with_the_head_as_it_left_it_not_as_a_later_step_did():
     with torch.no_grad():
         model.head.fc.weight.mul_(-1)  # the next step's update, before the count is evaluated
     assert counter.read() == {("a", "b"): want.tolist()}
+
+
+@settings(max_examples=10, deadline=None)
+@given(steps=st.integers(1, 2 * CHUNK + 3), seed=st.integers(0, 999))
+def test_the_fused_count_alone_equals_the_per_step_fused_count(steps, seed):
+    """`modalities=False` (the default of `train.modality_train_acc`): one count per model,
+    the fused logits' hits, whatever the batch sizes and chunks."""
+    generator = torch.Generator().manual_seed(seed)
+    models = [ToyModel(("a", "b"), build_fusion("concat", (3, 2), 4)),
+              ToyModel(("a", "b", "c"), build_fusion("gated", (2, 2, 3), 5))]
+    counter = TrainingAccuracy(modalities=False)
+    want: dict[tuple[str, ...], int] = {}
+    for i in range(steps):
+        model = models[i % 3 == 0]
+        out, labels = integer_step(model, 4 if i % 2 else 6, generator)
+        counter.add(out, labels)
+        want[model.modalities] = want.get(model.modalities, 0) + int(
+            (out.logits.argmax(-1) == labels).sum())
+    assert counter.read() == {k: [v] for k, v in want.items()}
+
+
+def test_a_run_long_counter_reuses_its_room_and_lets_go_of_models_no_longer_trained():
+    """Epoch after epoch the chunk's preallocated room serves again; a head rebuilt with
+    other state shapes gets new room; a model no step used since the last read is released."""
+    import gc
+    import weakref
+
+    generator = torch.Generator().manual_seed(5)
+    counter = TrainingAccuracy()
+    model = ToyModel(("a", "b"), build_fusion("concat", (3, 2), 4))
+    for _ in range(2):  # two epochs of the same model: the same room
+        out, labels = integer_step(model, 4, generator)
+        want = direct_hits(out, labels)
+        counter.add(out, labels)
+        room = next(iter(counter._chunks.values())).states[0]
+        assert counter.read() == {("a", "b"): want.tolist()}
+        assert next(iter(counter._chunks.values())).states[0] is room
+    model.head = build_fusion("concat", (3, 2), 6)  # rebuilt: [6, 5] weights, not [4, 5]
+    out, labels = integer_step(model, 4, generator)
+    want = direct_hits(out, labels)
+    counter.add(out, labels)
+    assert counter.read() == {("a", "b"): want.tolist()}
+    assert next(iter(counter._chunks.values())).states[0] is not room
+
+    other = ToyModel(("c", "d"), build_fusion("sum", (2, 2), 3))
+    released = weakref.ref(model)
+    del model, out
+    counter.add(*integer_step(other, 5, generator))
+    counter.read()
+    gc.collect()
+    assert released() is None

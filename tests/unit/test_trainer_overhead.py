@@ -201,3 +201,19 @@ def test_compiled_encoders_train_to_the_same_weights_names_and_close_numbers(tmp
     b = torch.load(compiled.run_dir / "best_model.pt")
     assert set(a) == set(b)  # in-place compilation: checkpoints keep their parameter names
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+def test_each_modalitys_training_accuracy_is_counted_on_request_and_changes_nothing_trained():
+    """`train.modality_train_acc`: off by default (the fused `train_acc` alone), on adds
+    `train_acc_<m>` for every modality of the model; the weights and every other record entry
+    are the same either way (why a resume may switch it, config/identity.py)."""
+    off, on = trainer(), trainer(modality_train_acc=True)
+    fit_off, fit_on = off.fit(), on.fit()
+    per_modality = {f"train_acc_{m}" for m in INFO.modalities}
+    for a, b in zip(fit_off.history, fit_on.history):
+        assert 0 <= a["train_acc"] <= 1 and not per_modality & a.keys()
+        assert per_modality <= b.keys() and all(0 <= b[k] <= 1 for k in per_modality)
+        same = a.keys() - {"seconds"}
+        assert {k: a[k] for k in same} == {k: b[k] for k in same}
+    state_off, state_on = off.model.state_dict(), on.model.state_dict()
+    assert all(torch.equal(state_off[k], state_on[k]) for k in state_off)
