@@ -1,0 +1,60 @@
+"""Checkpoint files (engine/checkpoint.py): exact round trips, atomic writes, and torch's
+save settings left as they were."""
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+from torch.utils.serialization import config
+
+from bbench.engine import checkpoint as ckpt
+
+CPU = torch.device("cpu")
+
+
+def a_state() -> dict:
+    generator = torch.Generator().manual_seed(0)
+    return {"run": {"hash": "x"}, "epoch": 3, "global_step": 12, "history": [{"epoch": 0}],
+            "model": {"w": torch.randn(5, 4, generator=generator)},
+            "optimizer": {"state": {0: {"momentum_buffer": torch.randn(5, 4, generator=generator)}}},
+            "scheduler": {"last_epoch": 3}, "method": {"extra": {}}, "rng": ckpt.rng_state()}
+
+
+def test_a_checkpoint_reads_back_exactly(tmp_path):
+    state = a_state()
+    ckpt.save(tmp_path / ckpt.CHECKPOINT_NAME, state)
+    back = ckpt.load(tmp_path, CPU)
+    assert torch.equal(back["model"]["w"], state["model"]["w"])
+    assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"],
+                       state["optimizer"]["state"][0]["momentum_buffer"])
+    assert {k: back[k] for k in ("epoch", "global_step", "history", "run")} == {
+        k: state[k] for k in ("epoch", "global_step", "history", "run")}
+
+
+def test_records_are_written_without_crc32_and_torchs_setting_is_restored(tmp_path):
+    assert config.save.compute_crc32 is True
+    path = tmp_path / ckpt.CHECKPOINT_NAME
+    ckpt.save(path, a_state())
+    assert {info.CRC for info in zipfile.ZipFile(path).infolist()} == {0}
+    assert config.save.compute_crc32 is True  # the user's own torch.save calls are unchanged
+    torch.save({"w": torch.ones(3)}, tmp_path / "mine.pt")
+    assert 0 not in {info.CRC for info in zipfile.ZipFile(tmp_path / "mine.pt").infolist()}
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_restores_the_setting(tmp_path):
+    path = tmp_path / ckpt.CHECKPOINT_NAME
+    ckpt.save(path, a_state())
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        ckpt.save(path, {**a_state(), "model": {"w": lambda: None}})  # cannot be pickled
+    assert path.read_bytes() == before and not path.with_name(path.name + ".tmp").exists()
+    assert config.save.compute_crc32 is True
+
+
+def test_a_truncated_checkpoint_is_refused_by_name(tmp_path):
+    path = tmp_path / ckpt.CHECKPOINT_NAME
+    ckpt.save(path, a_state())
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ckpt.CheckpointError, match="truncated"):
+        ckpt.load(tmp_path, CPU)
