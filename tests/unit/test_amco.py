@@ -174,7 +174,7 @@ def test_sigma_one_training_never_masks_and_the_forward_is_the_unmasked_model(M)
             out = method.forward(model, batch, info_step(epoch, j))
             # L*(Σ_m z_m) against L*(split(h)): the same terms summed in another order, so
             # float32 rounding of the O(1) terms (~1e-6 where they cancel to ~1e-2, seen on
-            # an AMD EPYC) is allowed, far below any mask's effect (a masked class moves
+            # an Intel Xeon with AVX-512) is allowed, far below any mask's effect (a masked class moves
             # the logits by O(1)).
             torch.testing.assert_close(out.logits, model(batch), rtol=1e-5, atol=1e-5)
             method.train_step(trainer, batch, info_step(epoch, j))
