@@ -170,9 +170,10 @@ class TrainingAccuracy:
         # Steps evaluated together share a model and the shape of their logits (a model's
         # features are [B, d_m] for the B of its logits, its labels [B]).
         key = (id(out.model), out.logits.shape)
-        chunk = self._chunks.get(key)
-        if chunk is None or key not in self._used:
-            chunk = self._chunks[key] = self._chunk_for(key, out.model)
+        if key not in self._used:  # its first step since the last read
+            self._used.add(key)
+            self._chunks[key] = self._bound(self._chunks.get(key), out.model)
+        chunk = self._chunks[key]
         if chunk.add(out.logits, labels, out.features):
             self._count(chunk)
 
@@ -187,12 +188,10 @@ class TrainingAccuracy:
         hits, self._hits = self._hits, {}
         return {modalities: counts.tolist() for modalities, counts in hits.items()}
 
-    def _chunk_for(self, key: tuple, model: nn.Module) -> _Chunk:
-        """The key's chunk from an earlier epoch, bound to the head's state entries as they
-        are now, if the head still has the same ones; else a new chunk."""
-        self._used.add(key)
+    def _bound(self, chunk: _Chunk | None, model: nn.Module) -> _Chunk:
+        """`chunk` (its key's from an earlier epoch) bound to the head's state entries as
+        they are now, if they still fit its room; else a new chunk."""
         head = _HeadState(model.head) if self.modalities else None
-        chunk = self._chunks.get(key)
         if chunk is not None and chunk.rebind(model, head):
             return chunk
         return _Chunk(model, head)
