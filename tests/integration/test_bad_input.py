@@ -399,6 +399,21 @@ def _stop_after_first_checkpoint(proc: subprocess.Popen, run: Path) -> None:
     lock, makes no progress and writes nothing until SIGCONT."""
     wait_for(run / "checkpoint.pt", proc)
     os.kill(proc.pid, signal.SIGSTOP)
+    _wait_until_stopped(proc.pid)
+
+
+def _wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Return once the kernel reports the process stopped: `kill` returns before the signal
+    takes effect, and a trainer still running for those moments can be mid-write of a file
+    (seen: `best_model.pt.tmp` hashed while growing). Without /proc, a pause instead."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not stat.exists():
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + timeout
+    while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.monotonic() < deadline, f"process {pid} did not stop within {timeout} s"
+        time.sleep(0.01)
 
 
 def test_a_second_process_is_refused_while_a_run_trains(workdir):
