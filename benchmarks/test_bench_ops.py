@@ -9,6 +9,11 @@ Groups (pytest-benchmark ``group``), each with its implementations side by side:
   audio-visual ResNet18 pair (22.3M parameters, 120 tensors) and of the mfeat MLP pair
   (d -> 128 -> 64 for d = 216 and d = 6; 45K parameters, 8 tensors);
 - ``subset_correct/M=<m>/K=<k>`` (N = 10 000) with impl ``ext`` and ``ref``;
+- ``normalise_pixels/<layout>``: a CREMA-D batch of uint8 frames (32 clips × 2 frames × 3 ×
+  224 × 224) to normalised float32, impl ``lookup`` (`ops.pixel_lookup` through the
+  normalisation table, what `normalise_pixels` runs with the extension) and ``elementwise``
+  (`normalise_elementwise`, its definition and the path without it), for the channels-last
+  frames the resize leaves and for contiguous ones; host memory reuse on, as in a run;
 - ``shapley/resnet18-av/M=<m>`` with impl ``one-pass`` (one encoder pass + M zero-input
   passes + subset_correct) and ``masked`` (2^M passes of the whole model with raw inputs
   zeroed): bbench's own `subset_correct_counts` on its paths ``one-pass-linear`` and
@@ -23,6 +28,8 @@ from bbench import ops
 from bbench.benchmarking.kernels import loop_mul, loop_with_std
 from bbench.config.specs import EncoderSpec, ModelSpec
 from bbench.data.base import DataInfo, TensorMultimodalDataset
+from bbench.data.transforms import normalisation_table, normalise_elementwise
+from bbench.engine import host_memory
 from bbench.engine.evaluate import eval_loader
 from bbench.methods.base import RunContext
 from bbench.methods.registry import build_method
@@ -111,6 +118,29 @@ def test_subset_correct(benchmark, m, k, impl):
                              kwargs={"backend": impl}, rounds=5 if impl == "ref" else 20,
                              warmup_rounds=1)
     assert out[1].shape == (1 << m,)
+
+
+# ---- pixel normalisation -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("impl", ["lookup", "elementwise"])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_normalise_pixels(benchmark, layout, impl):
+    if impl == "lookup":
+        _need_ext()
+    benchmark.group = f"normalise_pixels/{layout}"
+    was_reusing = host_memory.reusing()
+    host_memory.set_host_memory_reuse(True)  # as a run's FastPath sets it (glibc only)
+    frames = torch.randint(0, 256, (32, 2, 224, 224, 3), dtype=torch.uint8).movedim(-1, -3)
+    if layout == "contiguous":
+        frames = frames.contiguous()
+    table = normalisation_table(3, CPU)
+    run = ((lambda: ops.pixel_lookup(frames, table, backend="ext")) if impl == "lookup"
+           else (lambda: normalise_elementwise(frames)))
+    try:
+        out = benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+    finally:
+        host_memory.set_host_memory_reuse(was_reusing)
+    assert torch.equal(out, normalise_elementwise(frames))
 
 
 # ---- Shapley end to end -------------------------------------------------------------------------

@@ -110,4 +110,20 @@ inline void check_labels_in_range(const at::Tensor& labels, int64_t K) {
               "), got values in [", lo, ", ", hi, "] (labels of shape ", labels.sizes(), ")");
 }
 
+// pixel_lookup: uint8 (..., C, H, W) pixels, a float32 [C, 256] table on the same device.
+inline void check_pixel_lookup_args(const at::Tensor& pixels, const at::Tensor& table) {
+  TORCH_CHECK_VALUE(pixels.dim() >= 3, "pixel_lookup: pixels must have shape (..., C, H, W), got ",
+                    pixels.sizes());
+  TORCH_CHECK_VALUE(pixels.scalar_type() == at::kByte, "pixel_lookup: pixels must be uint8, got ",
+                    pixels.scalar_type(), " of shape ", pixels.sizes());
+  const int64_t C = pixels.size(-3);
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.size(0) == C && table.size(1) == 256 &&
+                        table.scalar_type() == at::kFloat,
+                    "pixel_lookup: table must be float32 of shape [C, 256] = [", C,
+                    ", 256] for pixels of shape ", pixels.sizes(), ", got ", table.scalar_type(),
+                    " of shape ", table.sizes());
+  TORCH_CHECK_VALUE(table.device() == pixels.device(), "pixel_lookup: pixels are on ",
+                    pixels.device(), ", table on ", table.device());
+}
+
 }  // namespace bbench

@@ -17,6 +17,8 @@ TORCH_LIBRARY(bbench, m) {
       "int? seed=None) -> ()");
   // Pure: returns (correct bool [N, 2^M], counts int64 [2^M]).
   m.def("subset_correct(Tensor contrib, Tensor absent, Tensor bias, Tensor labels) -> (Tensor, Tensor)");
+  // Pure: out[..., c, h, w] = table[c, pixels[..., c, h, w]], float32, contiguous.
+  m.def("pixel_lookup(Tensor pixels, Tensor table) -> Tensor");
 }
 
 #ifdef BBENCH_PYTHON_MODULE

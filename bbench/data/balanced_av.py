@@ -121,10 +121,13 @@ class BalancedAVReader:
                                      str(record.audio), NAME, warn)
         if "visual" in self.modalities:
             picks = frame_indices(record.frames, opts.frames_per_clip, rng)
-            frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
-                      else stack_frames(self._frames(record, picks)))
-            frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
-                      else resize_exact(frames, opts.image_size))
+            if self.pack is not None and rng is not None:
+                frames = self.pack.train_crop(position, "visual", picks, opts.image_size, rng)
+            else:
+                frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
+                          else stack_frames(self._frames(record, picks)))
+                frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
+                          else resize_exact(frames, opts.image_size))
             out["visual"] = frames  # uint8: normalised by move_batch after the hand-over
         return out
 

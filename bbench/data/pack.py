@@ -48,7 +48,7 @@ import torch
 from bbench.data.errors import DataFormatError, MissingDataError, malformed
 from bbench.data.index_cache import digest
 from bbench.data.options import CommonOptions
-from bbench.data.transforms import stack_frames
+from bbench.data.transforms import crop_box, resize_and_flip, resized_crop_box, stack_frames
 from bbench.results.files import MalformedFileError, read_json
 
 log = logging.getLogger("bbench")
@@ -351,15 +351,31 @@ class Pack:
         Frames of one shape (the rule) are copied straight from the map into one tensor;
         a clip with frames of several sizes goes through `stack_frames`, which resizes them.
         """
+        return self._read_frames(position, stream, picks, None)
+
+    def train_crop(self, position: int, stream: str, picks: Sequence[int], size: int,
+                   rng: np.random.Generator) -> torch.Tensor:
+        """`clip_train_crop(self.frames(position, stream, picks), size, rng)`, the same draws and
+        values, reading only the crop box from the map: the box is drawn from the frames' size
+        (the first pick's, as `stack_frames` sizes a clip), before anything is read."""
+        height, width = self._where(position, stream, picks[0])[2][:2]
+        box = resized_crop_box(height, width, rng)
+        return resize_and_flip(self._read_frames(position, stream, picks, box), size, rng)
+
+    def _read_frames(self, position: int, stream: str, picks: Sequence[int],
+                     box: Optional[tuple[int, int, int, int]]) -> torch.Tensor:
+        """(T, C, H, W) frames in (T, H, W, C) memory, or only their `crop_box(…, box)`."""
         where = [self._where(position, stream, k) for k in picks]
         shape = where[0][2]
         if any(w[2] != shape for w in where):
-            return stack_frames([self.frame(position, stream, k) for k in picks])
-        out = np.empty((len(picks), *shape), dtype=STREAM_DTYPES[self.kinds[stream]])
+            frames = stack_frames([self.frame(position, stream, k) for k in picks])
+            return frames if box is None else crop_box(frames, box)
+        top, left, h, w = box if box is not None else (0, 0, shape[0], shape[1])
+        out = np.empty((len(picks), h, w, *shape[2:]), dtype=STREAM_DTYPES[self.kinds[stream]])
         size = int(np.prod(shape))
         for t, (data, offset, _) in enumerate(where):
-            out[t] = data[offset:offset + size].reshape(shape)
-        return torch.from_numpy(out).permute(0, 3, 1, 2)  # (T, H, W, C) memory
+            out[t] = data[offset:offset + size].reshape(shape)[top:top + h, left:left + w]
+        return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def _map(self, chunk: int, stream: str) -> np.memmap:
         """The memory map of one chunk file, opened on first use; the least recently used map

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from bbench import ops
 from bbench.data.errors import malformed
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,6 +106,21 @@ def _normalisation(channels: int, device: torch.device) -> tuple[torch.Tensor, t
             torch.tensor(std, device=device).view(-1, 1, 1))
 
 
+def normalise_elementwise(pixels: torch.Tensor) -> torch.Tensor:
+    """The normalisation's definition: ``(pixels / 255 - mean) / std`` per channel, in float32,
+    contiguous."""
+    mean, std = _normalisation(int(pixels.shape[-3]), pixels.device)
+    as_float = pixels.to(torch.float32, memory_format=torch.contiguous_format)
+    return as_float.div_(255.0).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=None)
+def normalisation_table(channels: int, device: torch.device) -> torch.Tensor:
+    """float32 [C, 256]: `normalise_elementwise` of every uint8 level in every channel."""
+    levels = torch.arange(256, dtype=torch.uint8, device=device).expand(channels, 1, 256)
+    return normalise_elementwise(levels).view(channels, 256)
+
+
 def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (…, C, H, W) → float32: RGB (C = 3) in ImageNet normalisation, flow planes
     (C = 2) in [−1, 1].
@@ -114,10 +130,17 @@ def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     the host-to-device copy. Element-wise, so a batch gets the values its samples would get,
     in whatever memory layout they came (frames leave the resize channels-last); the result
     is contiguous, the layout models get unless `train.channels_last` asks for NHWC.
+
+    With the compiled kernels it is one `ops.pixel_lookup` pass through the table of the
+    element-wise result of each of the 256 levels, so the values are the element-wise ones by
+    construction, at about half its time on a CPU (docs/benchmarks.md); the element-wise four
+    passes, one of them a transposing conversion, run where the extension has no kernel for
+    the device.
     """
-    mean, std = _normalisation(int(pixels.shape[-3]), pixels.device)
-    as_float = pixels.to(torch.float32, memory_format=torch.contiguous_format)
-    return as_float.div_(255.0).sub_(mean).div_(std)
+    table = normalisation_table(int(pixels.shape[-3]), pixels.device)
+    if pixels.device.type in ops.extension_info()["backends"]:
+        return ops.pixel_lookup(pixels, table, backend="ext")
+    return normalise_elementwise(pixels)
 
 
 def clip_train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
@@ -126,11 +149,22 @@ def clip_train_crop(frames: torch.Tensor, size: int, rng: np.random.Generator) -
     The box is copied out contiguously, in channels-last memory, before the resize: the same
     values as `TF.resized_crop(frames, top, left, h, w, [size, size], antialias=True)`
     (pinned by `tests/data/test_pack.py` and `tests/data/test_pixels.py`), and the uint8
-    resize reads channels-last input without converting it (about 2.5× faster).
+    resize reads channels-last input without converting it (about 2.5× faster). A pack reads
+    only the box from its map (`Pack.train_crop`, the same draws and values).
     """
-    height, width = frames.shape[-2:]
-    top, left, h, w = resized_crop_box(height, width, rng)
-    box = frames[..., top:top + h, left:left + w].contiguous(memory_format=torch.channels_last)
+    box = resized_crop_box(*frames.shape[-2:], rng)
+    return resize_and_flip(crop_box(frames, box), size, rng)
+
+
+def crop_box(frames: torch.Tensor, box: tuple[int, int, int, int]) -> torch.Tensor:
+    """The (top, left, height, width) box of (…, C, H, W) frames, copied in channels-last memory."""
+    top, left, h, w = box
+    return frames[..., top:top + h, left:left + w].contiguous(memory_format=torch.channels_last)
+
+
+def resize_and_flip(box: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+    """The cropped frames resized to size × size, then flipped with probability 0.5 (one draw
+    from `rng`, after the box's)."""
     out = TF.resize(box, [size, size], antialias=True)
     if rng.random() < 0.5:
         out = out.flip(-1)

@@ -1,7 +1,9 @@
 """Kernels behind a stable Python API, each with a pure-PyTorch reference.
 
-``grad_scale_`` (fused per-modality gradient scaling with optional Gaussian noise) and
-``subset_correct`` (correctness of the masked prediction for all 2^M modality subsets). Each has
+``grad_scale_`` (fused per-modality gradient scaling with optional Gaussian noise),
+``subset_correct`` (correctness of the masked prediction for all 2^M modality subsets) and
+``pixel_lookup`` (uint8 pixels to float32 through a per-channel table: the pixel
+normalisation in one pass). Each has
 ``backend="auto" | "ext" | "ref"``:
 
 - ``"ext"`` runs the compiled kernel (``torch.ops.bbench.*``, C++ on CPU, CUDA on GPU) and raises
@@ -20,7 +22,7 @@ import torch
 
 from bbench.ops import _ext, reference
 
-__all__ = ["grad_scale_", "subset_correct", "extension_info", "reference"]
+__all__ = ["grad_scale_", "subset_correct", "pixel_lookup", "extension_info", "reference"]
 
 _log = logging.getLogger(__name__)
 _BACKENDS = ("auto", "ext", "ref")
@@ -103,3 +105,19 @@ def subset_correct(contrib: torch.Tensor, absent: torch.Tensor, bias: torch.Tens
         return torch.ops.bbench.subset_correct(contrib, absent, bias, labels)  # validates itself
     m, n, k = reference.check_subset_correct_args(contrib, absent, bias, labels)
     return reference._subset_correct(contrib, absent, bias, labels, m, n, k)
+
+
+def pixel_lookup(pixels: torch.Tensor, table: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """``out[..., c, h, w] = table[c, pixels[..., c, h, w]]``: float32, contiguous, the shape of
+    ``pixels``.
+
+    ``pixels`` uint8 ``(..., C, H, W)`` of any strides (channels-last included), ``table``
+    float32 ``[C, 256]`` on the same device. A pure copy of table entries, so kernel and
+    reference agree exactly; `bbench.data.transforms.normalise_pixels` passes the table of the
+    normalised value of every level.
+    """
+    device = pixels.device if isinstance(pixels, torch.Tensor) else torch.device("cpu")
+    if _use_ext("pixel_lookup", backend, device):
+        return torch.ops.bbench.pixel_lookup(pixels, table)  # validates itself
+    reference.check_pixel_lookup_args(pixels, table)
+    return reference._pixel_lookup(pixels, table)

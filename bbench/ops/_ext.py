@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-OPS = ("grad_scale_", "subset_correct")
+OPS = ("grad_scale_", "subset_correct", "pixel_lookup")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,3 +23,9 @@ def register() -> None:
         s = 2 ** int(m)
         return (contrib.new_empty((n, s), dtype=torch.bool),
                 contrib.new_empty((s,), dtype=torch.int64))
+
+    @torch.library.register_fake("bbench::pixel_lookup")
+    def _pixel_lookup_fake(pixels, table):
+        torch._check(pixels.dim() >= 3,
+                     lambda: f"pixel_lookup: pixels must have shape (..., C, H, W), got {tuple(pixels.shape)}")
+        return pixels.new_empty(pixels.shape, dtype=torch.float32)

@@ -1,8 +1,8 @@
 """Pure-PyTorch references of the bbench kernels, and the argument checks both paths share.
 
 These define the semantics (docs/kernels.md); the compiled kernels must match them: exactly for
-``subset_correct`` and for ``grad_scale_`` without noise (float32 / float64), statistically for
-the noise (the generators differ: the reference uses torch's ``normal_``, the kernels a Philox
+``subset_correct``, ``pixel_lookup`` and ``grad_scale_`` without noise (float32 / float64),
+statistically for the noise (the generators differ: the reference uses torch's ``normal_``, the kernels a Philox
 counter-based generator).
 """
 from __future__ import annotations
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_grad_scale_args", "check_subset_correct_args", "grad_scale_", "subset_correct"]
+__all__ = ["check_grad_scale_args", "check_pixel_lookup_args", "check_subset_correct_args",
+           "grad_scale_", "pixel_lookup", "subset_correct"]
 
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MAX_MODALITIES = 16
@@ -103,6 +104,22 @@ def check_subset_correct_args(contrib: torch.Tensor, absent: torch.Tensor, bias:
     return int(m), int(n), int(k)
 
 
+def check_pixel_lookup_args(pixels: torch.Tensor, table: torch.Tensor) -> None:
+    for name, t in (("pixels", pixels), ("table", table)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"pixel_lookup: {name} must be a tensor, got {type(t).__name__}")
+    if pixels.dim() < 3:
+        raise ValueError(f"pixel_lookup: pixels must have shape (..., C, H, W), got {_shape(pixels)}")
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"pixel_lookup: pixels must be uint8, got {pixels.dtype} of shape {_shape(pixels)}")
+    c = pixels.shape[-3]
+    if list(table.shape) != [c, 256] or table.dtype != torch.float32:
+        raise ValueError(f"pixel_lookup: table must be float32 of shape [C, 256] = [{c}, 256] for pixels "
+                         f"of shape {_shape(pixels)}, got {table.dtype} of shape {_shape(table)}")
+    if table.device != pixels.device:
+        raise ValueError(f"pixel_lookup: pixels are on {pixels.device}, table on {table.device}")
+
+
 # ---------------------------------------------------------------------------------------------
 # references
 # ---------------------------------------------------------------------------------------------
@@ -132,6 +149,19 @@ def _subset_correct(contrib, absent, bias, labels, m: int, n: int, k: int):
             logits = logits + (c[j] if (s >> j) & 1 else a[j])
         correct[:, s] = logits.argmax(dim=1) == labels
     return correct, correct.sum(dim=0, dtype=torch.int64)
+
+
+def pixel_lookup(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``out[..., c, h, w] = table[c, pixels[..., c, h, w]]``, float32, contiguous: one gather
+    per channel plane."""
+    check_pixel_lookup_args(pixels, table)
+    return _pixel_lookup(pixels, table)
+
+
+def _pixel_lookup(pixels: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    planes = [table[c][pixels[..., c, :, :].long()] for c in range(pixels.shape[-3])]
+    return torch.stack(planes, dim=-3) if planes else torch.empty(pixels.shape, dtype=torch.float32,
+                                                                  device=pixels.device)
 
 
 def _scalars(t: torch.Tensor) -> list[torch.Tensor]:

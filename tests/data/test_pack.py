@@ -465,3 +465,19 @@ def test_the_contiguous_box_crop_equals_resized_crop(seed: int, height: int, wid
     if rng.random() < 0.5:
         before = before.flip(-1)
     assert ours.dtype == before.dtype and torch.equal(ours, before)
+
+
+def test_a_clip_with_frames_of_several_sizes_gives_the_jpeg_paths_tensors(tmp_path: Path) -> None:
+    """`Pack.train_crop` reads only the crop box from the map when a clip's frames share a
+    size; a clip whose frames differ goes through `stack_frames` (resized to the first's size)
+    and is cropped after, the same draws and values as the JPEG path."""
+    mini = MINIATURES["cremad"](tmp_path / "cremad", seed=0)
+    clip = sorted((mini.root / "visual").iterdir())[0]
+    frames = sorted(clip.iterdir())
+    rng = np.random.default_rng(1)
+    write_jpeg(frames[1], frame_array(rng, 0, 6, 0.3, hw=(30, 44)))  # the others are larger
+    assert pack(mini).ok
+    jpeg, packed = build(mini, pack="off"), build(mini, pack="require")
+    mixed = [i for i, sid in enumerate(packed.train.ids) if sid == clip.name]
+    assert mixed, "the clip of mixed frame sizes is a training clip"
+    assert assert_same_samples(jpeg, packed, seeds=(0, 3), epochs=(0, 1, 2)) > 0
