@@ -14,7 +14,11 @@ jemalloc or tcmalloc preloaded with LD_PRELOAD do the same for a whole process, 
 switched on from inside a running one; `mallopt` can.
 
 Process-wide: the setting holds for the whole process and for DataLoader workers forked after
-it. Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
+it. A worker forked from a heap holding many free pages inherits them, and its allocations
+land in them: every first write to one is a copy-on-write page copy, which made a pass over
+a pack with 2 new workers 2–3× slower after a JPEG pass had left 0.9 GB of free heap behind
+(fragmented by the batches' hand-over). `release_free_pages` before the workers start hands
+those pages back (`malloc_trim`), so the workers' first writes are cheap zero-filled faults. Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
 128 KiB) and hands the kept free pages back (`malloc_trim`; a large block is mmapped again
 once no free chunk of the heap fits it), only where this module switched it on, so a process
 it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it
@@ -76,3 +80,12 @@ def set_host_memory_reuse(on: bool) -> bool:
         libc.malloc_trim(0)  # the kept free pages go back to the system
         _reusing = False
     return _reusing
+
+
+def release_free_pages() -> None:
+    """Hand the heap's free pages back to the system (`malloc_trim(0)`; it also releases whole
+    free pages inside the heap, not only at its top) when reuse is on, where free pages pile
+    up: before DataLoader workers are forked, so that they do not inherit them."""
+    libc = _glibc()
+    if libc is not None and _reusing:
+        libc.malloc_trim(0)

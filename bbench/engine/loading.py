@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from bbench.engine import host_memory
+
 
 DATALOADER_DRAWS = 1
 """Draws a DataLoader takes from its generator before its sampler's first (torch 2.x: the
@@ -99,6 +101,8 @@ class PassLoaders:
         """The loader over `split` in the order of pass (epoch, phase). A split other than
         the last one (a method's resampled set) gets a new loader and new workers."""
         if split is not self._split:
+            if self.options.get("num_workers", 0) > 0:
+                host_memory.release_free_pages()  # the workers fork on the first iteration
             self._batches = SeededBatches(len(split), self.batch_size, self.seed)  # type: ignore[arg-type]
             self._loader = DataLoader(EpochKeyed(split), batch_sampler=self._batches,
                                       collate_fn=self.collate, **self.options)

@@ -123,3 +123,43 @@ def test_runs_with_and_without_reuse_train_to_the_same_weights_bit_for_bit(tmp_p
     b = torch.load(off.run_dir / "best_model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert on.metrics["acc"] == off.metrics["acc"]
+
+
+def resident_bytes() -> int:
+    """This process's resident set (Linux `/proc/self/statm`, second field, in pages)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * ctypes.CDLL(None).getpagesize()
+
+
+@glibc_only
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "getpagesize"), reason="no getpagesize")
+def test_released_free_pages_leave_the_resident_set(restore_reuse):
+    """What a worker forked after a JPEG pass would otherwise inherit: free, written heap pages
+    in the middle of the heap (a live block above them keeps the top from shrinking)."""
+    host_memory.set_host_memory_reuse(True)
+    block = torch.ones(larger_than_the_free_heap(), dtype=torch.uint8)  # written: resident
+    above = torch.ones(1024, dtype=torch.uint8)
+    del block
+    held = resident_bytes()
+    host_memory.release_free_pages()
+    assert held - resident_bytes() >= BIG  # at least the part no earlier free chunk held
+    assert torch.equal(above, torch.ones(1024, dtype=torch.uint8))  # live memory untouched
+
+
+def test_free_pages_are_released_only_where_reuse_keeps_them(monkeypatch):
+    trims: list[int] = []
+
+    class RecordingLibc:
+        def malloc_trim(self, pad: int) -> int:
+            trims.append(pad)
+            return 1
+
+    monkeypatch.setattr(host_memory, "_glibc", RecordingLibc)
+    monkeypatch.setattr(host_memory, "_reusing", False)
+    host_memory.release_free_pages()
+    assert trims == []  # glibc trims on its own when reuse is off
+    monkeypatch.setattr(host_memory, "_reusing", True)
+    host_memory.release_free_pages()
+    assert trims == [0]
+    monkeypatch.setattr(host_memory, "_glibc", lambda: None)
+    host_memory.release_free_pages()  # not glibc: nothing to do, no error

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from bbench.data.base import TensorMultimodalDataset, collate_samples
+from bbench.engine import host_memory
 from bbench.engine.loading import PassLoaders, loader_seed
 
 
@@ -72,3 +73,18 @@ def test_the_same_split_keeps_its_loader_and_a_new_split_gets_one():
     a, b = EpochTagged(6), EpochTagged(6)
     first = loaders.for_pass(a, 0, 0)
     assert loaders.for_pass(a, 1, 0) is first and loaders.for_pass(b, 1, 0) is not first
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_heaps_free_pages_are_released_before_new_workers_fork(monkeypatch, num_workers):
+    """Workers forked from a heap full of free pages inherit them (docs: engine/host_memory.py):
+    a loader that will start workers releases them first, once per new split."""
+    released: list[int] = []
+    monkeypatch.setattr(host_memory, "release_free_pages", lambda: released.append(1))
+    loaders = PassLoaders(2, 0, collate_samples, {"num_workers": num_workers})
+    a, b = EpochTagged(6), EpochTagged(6)
+    loaders.for_pass(a, 0, 0)
+    loaders.for_pass(a, 1, 0)
+    loaders.for_pass(b, 1, 0)
+    loaders.close()
+    assert len(released) == (2 if num_workers else 0)
