@@ -23,12 +23,11 @@ from bbench.data.errors import DataFormatError, malformed, missing
 from bbench.data.file_splits import assemble, carve_and_assemble
 from bbench.data.index_cache import cached_json, digest, stamp
 from bbench.data.options import ClipOptions, data_path, dataset_root, index_cache_dir, pick_option
-from bbench.data.pack import Pack, Source, clip_streams, stored_array, with_pack
+from bbench.data.pack import Pack, Source, clip_streams, clip_visual, stored_array, with_pack
 from bbench.data.reading import decode_image, load_pickle
 from bbench.data.registry import DatasetEntry, register_dataset, resolve_modalities
 from bbench.data.skips import SkipReport, no_usable_samples
-from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
-                                    resize_exact, stack_frames)
+from bbench.data.transforms import fit_audio, fit_short_side, frame_indices, stack_frames
 
 NAME = "balanced_av"
 MODALITIES = ("audio", "visual")
@@ -121,14 +120,9 @@ class BalancedAVReader:
                                      str(record.audio), NAME, warn)
         if "visual" in self.modalities:
             picks = frame_indices(record.frames, opts.frames_per_clip, rng)
-            if self.pack is not None and rng is not None:
-                frames = self.pack.train_crop(position, "visual", picks, opts.image_size, rng)
-            else:
-                frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
-                          else stack_frames(self._frames(record, picks)))
-                frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
-                          else resize_exact(frames, opts.image_size))
-            out["visual"] = frames  # uint8: normalised by move_batch after the hand-over
+            # uint8: normalised by move_batch after the hand-over
+            out["visual"] = clip_visual(self.pack, position, picks, opts.image_size, rng,
+                                        lambda: stack_frames(self._frames(record, picks)))
         return out
 
     def _frames(self, record: Record, picks: list[int]) -> list[torch.Tensor]:

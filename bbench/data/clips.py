@@ -19,11 +19,10 @@ import torch
 from bbench.data.base import DataInfo
 from bbench.data.index_cache import list_clip_frames
 from bbench.data.options import ClipOptions
-from bbench.data.pack import Pack, Source, clip_streams, stored_array
+from bbench.data.pack import Pack, Source, clip_streams, clip_visual, stored_array
 from bbench.data.reading import decode_image
 from bbench.data.skips import SkipReport
-from bbench.data.transforms import (clip_train_crop, fit_audio, fit_short_side, frame_indices,
-                                    resize_exact, stack_frames)
+from bbench.data.transforms import fit_audio, fit_short_side, frame_indices, stack_frames
 
 
 @dataclass(frozen=True)
@@ -61,14 +60,10 @@ class FolderClipReader:
                                      str(record.audio), self.dataset, warn)
         if "visual" in self.modalities:
             picks = frame_indices(len(record.frames), opts.frames_per_clip, rng)
-            if self.pack is not None and rng is not None:
-                frames = self.pack.train_crop(position, "visual", picks, opts.image_size, rng)
-            else:
-                frames = (self.pack.frames(position, "visual", picks) if self.pack is not None
-                          else stack_frames([self._decode(position, k) for k in picks]))
-                frames = (clip_train_crop(frames, opts.image_size, rng) if rng is not None
-                          else resize_exact(frames, opts.image_size))
-            out["visual"] = frames  # uint8: normalised by move_batch after the hand-over
+            # uint8: normalised by move_batch after the hand-over
+            out["visual"] = clip_visual(
+                self.pack, position, picks, opts.image_size, rng,
+                lambda: stack_frames([self._decode(position, k) for k in picks]))
         return out
 
     def _decode(self, position: int, k: int) -> torch.Tensor:

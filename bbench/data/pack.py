@@ -40,7 +40,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ import torch
 from bbench.data.errors import DataFormatError, MissingDataError, malformed
 from bbench.data.index_cache import digest
 from bbench.data.options import CommonOptions
-from bbench.data.transforms import crop_box, resize_and_flip, resized_crop_box, stack_frames
+from bbench.data.transforms import (clip_train_crop, crop_box, resize_and_flip, resize_exact,
+                                    resized_crop_box, stack_frames)
 from bbench.results.files import MalformedFileError, read_json
 
 log = logging.getLogger("bbench")
@@ -358,8 +359,8 @@ class Pack:
         """`clip_train_crop(self.frames(position, stream, picks), size, rng)`, the same draws and
         values, reading only the crop box from the map: the box is drawn from the frames' size
         (the first pick's, as `stack_frames` sizes a clip), before anything is read."""
-        height, width = self._where(position, stream, picks[0])[2][:2]
-        box = resized_crop_box(height, width, rng)
+        _, _, shape = self._where(position, stream, picks[0])
+        box = resized_crop_box(shape[0], shape[1], rng)  # stored (H, W, C)
         return resize_and_flip(self._read_frames(position, stream, picks, box), size, rng)
 
     def _read_frames(self, position: int, stream: str, picks: Sequence[int],
@@ -367,14 +368,15 @@ class Pack:
         """(T, C, H, W) frames in (T, H, W, C) memory, or only their `crop_box(…, box)`."""
         where = [self._where(position, stream, k) for k in picks]
         shape = where[0][2]
-        if any(w[2] != shape for w in where):
+        if any(item_shape != shape for _, _, item_shape in where):
             frames = stack_frames([self.frame(position, stream, k) for k in picks])
             return frames if box is None else crop_box(frames, box)
-        top, left, h, w = box if box is not None else (0, 0, shape[0], shape[1])
-        out = np.empty((len(picks), h, w, *shape[2:]), dtype=STREAM_DTYPES[self.kinds[stream]])
+        top, left, height, width = box if box is not None else (0, 0, shape[0], shape[1])
+        out = np.empty((len(picks), height, width, *shape[2:]),
+                       dtype=STREAM_DTYPES[self.kinds[stream]])
         size = int(np.prod(shape))
         for t, (data, offset, _) in enumerate(where):
-            out[t] = data[offset:offset + size].reshape(shape)[top:top + h, left:left + w]
+            out[t] = data[offset:offset + size].reshape(shape)[top:top + height, left:left + width]
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
     def _map(self, chunk: int, stream: str) -> np.memmap:
@@ -392,6 +394,18 @@ class Pack:
         else:
             self._maps.move_to_end(key)
         return data
+
+
+def clip_visual(pack: Optional[Pack], position: int, picks: Sequence[int], size: int,
+                rng: Optional[np.random.Generator], read_files: Callable[[], torch.Tensor]
+                ) -> torch.Tensor:
+    """A clip's frames `picks` as its reader returns them, uint8 (T, C, size, size): the
+    training crop and flip (`rng` given) or the evaluation resize, from the pack's `visual`
+    stream when the reader has a pack, else from `read_files()` (the decoded, stacked frames)."""
+    if pack is not None and rng is not None:
+        return pack.train_crop(position, "visual", picks, size, rng)
+    frames = pack.frames(position, "visual", picks) if pack is not None else read_files()
+    return clip_train_crop(frames, size, rng) if rng is not None else resize_exact(frames, size)
 
 
 def _load_index(folder: Path, chunks: Sequence[str], dataset: str, rebuild: str) -> np.ndarray:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from bbench.data.base import Batch, collate_samples, move_batch
+from bbench.engine.loading import new_loader
 from bbench.metrics.classification import accuracies_and_f1
 from bbench.models.modes import eval_mode
 
@@ -32,7 +33,7 @@ class Evaluates(Protocol):
 def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_samples,
                 num_workers: int = 0, **options: Any) -> DataLoader:
     """In order, every sample; `options`: further DataLoader settings (pinning, read-ahead)."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+    return new_loader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
                       collate_fn=collate, num_workers=num_workers, **options)
 
 

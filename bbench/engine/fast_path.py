@@ -82,14 +82,9 @@ class FastPath:
     def loader_options(self, persistent: bool = False) -> dict[str, Any]:
         """DataLoader keyword arguments: workers, their read-ahead, pinned host memory;
         `persistent`: the workers outlive an iteration (a loader the run reuses every epoch,
-        whose workers would otherwise start again, and fork the split, each time).
-
-        For a loader about to be built: with workers, the heap's free pages are handed back
-        first (`host_memory.release_free_pages`), so that the workers, forked on its first
-        iteration, do not inherit them (copy-on-write faults, docs/benchmarks.md)."""
+        whose workers would otherwise start again, and fork the split, each time)."""
         options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
         if self.num_workers > 0:
-            host_memory.release_free_pages()
             options["prefetch_factor"] = self.prefetch_factor
             options["persistent_workers"] = persistent
         return options

@@ -18,7 +18,8 @@ it. A worker forked from a heap holding many free pages inherits them, and its a
 land in them: every first write to one is a copy-on-write page copy, which made a pass over
 a pack with 2 new workers 2–3× slower after a JPEG pass had left 0.9 GB of free heap behind
 (fragmented by the batches' hand-over). `release_free_pages` before the workers start hands
-those pages back (`malloc_trim`), so the workers' first writes are cheap zero-filled faults. Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
+those pages back (`malloc_trim`), so the workers' first writes are cheap zero-filled faults.
+Switching it off again restores glibc's default limits (65 536 mmaps, trimming above
 128 KiB) and hands the kept free pages back (`malloc_trim`; a large block is mmapped again
 once no free chunk of the heap fits it), only where this module switched it on, so a process
 it never touched keeps glibc's adaptive thresholds. Elsewhere than on glibc (macOS, musl) it

@@ -37,6 +37,16 @@ def loader_seed(seed: int, epoch: int, phase: int) -> int:
     return (seed * 1_000_003 + epoch * 1_009 + phase) % (2**63 - 1)
 
 
+def new_loader(dataset: Dataset, **options: Any) -> DataLoader:
+    """`DataLoader(dataset, **options)`, the way bbench builds every loader of a run: with
+    workers, the heap's free pages are handed back first (`host_memory.release_free_pages`),
+    since the workers fork from this heap on the loader's first iteration and would inherit
+    them (copy-on-write faults in both processes; docs/benchmarks.md, host memory reuse)."""
+    if options.get("num_workers", 0) > 0:
+        host_memory.release_free_pages()
+    return DataLoader(dataset, **options)
+
+
 class EpochBatch(list):
     """One batch's sample indices, and the epoch they are read for."""
 
@@ -101,10 +111,9 @@ class PassLoaders:
         """The loader over `split` in the order of pass (epoch, phase). A split other than
         the last one (a method's resampled set) gets a new loader and new workers."""
         if split is not self._split:
-            if self.options.get("num_workers", 0) > 0:
-                host_memory.release_free_pages()  # the workers fork on the first iteration
+            self._loader = None  # the last split's workers go before the new ones fork
             self._batches = SeededBatches(len(split), self.batch_size, self.seed)  # type: ignore[arg-type]
-            self._loader = DataLoader(EpochKeyed(split), batch_sampler=self._batches,
+            self._loader = new_loader(EpochKeyed(split), batch_sampler=self._batches,
                                       collate_fn=self.collate, **self.options)
             self._split = split
         self._batches.at(epoch, phase)

@@ -34,7 +34,7 @@ from bbench.engine import checkpoint as ckpt
 from bbench.engine.evaluate import eval_loader, predict, split_metrics
 from bbench.engine.fast_path import FastPath
 from bbench.engine.flops import FlopAccount
-from bbench.engine.loading import PassLoaders, loader_seed
+from bbench.engine.loading import PassLoaders, loader_seed, new_loader
 from bbench.engine.optim import build_optimizer, build_scheduler
 from bbench.engine.precision import MixedPrecision
 from bbench.engine.progress import Progress
@@ -141,7 +141,7 @@ class Trainer:
     def train_loader(self, dataset: Dataset, epoch: int, phase: int = 0,
                      shuffle: bool = True, drop_last: bool = True) -> DataLoader:
         generator = torch.Generator().manual_seed(loader_seed(self.spec.seed, epoch, phase))
-        return DataLoader(dataset, batch_size=self.spec.batch_size, shuffle=shuffle,
+        return new_loader(dataset, batch_size=self.spec.batch_size, shuffle=shuffle,
                           drop_last=drop_last, generator=generator, collate_fn=self.data.collate,
                           **self.fast_path.loader_options())
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from bbench.ops import reference
+
 
 
 def register() -> None:
@@ -26,6 +28,5 @@ def register() -> None:
 
     @torch.library.register_fake("bbench::pixel_lookup")
     def _pixel_lookup_fake(pixels, table):
-        torch._check(pixels.dim() >= 3,
-                     lambda: f"pixel_lookup: pixels must have shape (..., C, H, W), got {tuple(pixels.shape)}")
+        reference.check_pixel_lookup_args(pixels, table)  # shapes, dtypes, devices only
         return pixels.new_empty(pixels.shape, dtype=torch.float32)

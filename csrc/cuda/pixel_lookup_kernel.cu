@@ -38,11 +38,11 @@ at::Tensor pixel_lookup_cuda(const at::Tensor& pixels, const at::Tensor& table) 
   check_pixel_lookup_args(pixels, table);
   TORCH_CHECK(pixels.is_cuda(), "pixel_lookup (CUDA kernel): inputs are on ", pixels.device());
   const c10::cuda::CUDAGuard guard(pixels.device());
-  const int64_t C = pixels.size(-3), H = pixels.size(-2), W = pixels.size(-1);
-  const at::Tensor images = pixels.reshape({-1, C, H, W});  // a view unless the strides forbid
   auto out = at::empty(pixels.sizes(), pixels.options().dtype(at::kFloat));
   const int64_t total = out.numel();
-  if (total == 0) return out;
+  if (total == 0) return out;  // before the reshape: -1 is ambiguous for 0 elements
+  const int64_t C = pixels.size(-3), H = pixels.size(-2), W = pixels.size(-1);
+  const at::Tensor images = pixels.reshape({-1, C, H, W});  // a view unless the strides forbid
   const at::Tensor lut = table.contiguous();
   const int sms = multiprocessor_count();
   const int blocks = static_cast<int>(

@@ -475,9 +475,16 @@ def test_a_clip_with_frames_of_several_sizes_gives_the_jpeg_paths_tensors(tmp_pa
     clip = sorted((mini.root / "visual").iterdir())[0]
     frames = sorted(clip.iterdir())
     rng = np.random.default_rng(1)
-    write_jpeg(frames[1], frame_array(rng, 0, 6, 0.3, hw=(30, 44)))  # the others are larger
+    write_jpeg(frames[1], frame_array(rng, 0, 6, 0.3, hw=(30, 44)))  # the others are smaller
     assert pack(mini).ok
     jpeg, packed = build(mini, pack="off"), build(mini, pack="require")
-    mixed = [i for i, sid in enumerate(packed.train.ids) if sid == clip.name]
-    assert mixed, "the clip of mixed frame sizes is a training clip"
     assert assert_same_samples(jpeg, packed, seeds=(0, 3), epochs=(0, 1, 2)) > 0
+    reader = packed.train.reader
+    position = packed.train.positions[packed.train.ids.index(clip.name)]  # a training clip
+    for picks in ([0, 1], [1, 2], [0, 2]):  # mixed sizes (through stack_frames), and one size
+        for seed in range(4):
+            cropped = reader.pack.train_crop(position, "visual", picks, 16,
+                                             np.random.default_rng(seed))
+            whole = clip_train_crop(reader.pack.frames(position, "visual", picks), 16,
+                                    np.random.default_rng(seed))
+            assert torch.equal(cropped, whole), (picks, seed)

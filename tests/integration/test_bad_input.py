@@ -407,11 +407,18 @@ def _wait_until_stopped(pid: int, timeout: float = 10.0) -> None:
     takes effect, and a trainer still running for those moments can be mid-write of a file
     (seen: `best_model.pt.tmp` hashed while growing). Without /proc, a pause instead."""
     stat = Path(f"/proc/{pid}/stat")
-    if not stat.exists():
+    if not Path("/proc/self/stat").exists():
         time.sleep(1.0)
         return
     deadline = time.monotonic() + timeout
-    while stat.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+    while True:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            pytest.fail(f"the trainer (process {pid}) exited before it could be stopped")
+        if state in ("T", "t"):
+            return
+        assert state not in ("Z", "X"), f"the trainer (process {pid}) exited (state {state})"
         assert time.monotonic() < deadline, f"process {pid} did not stop within {timeout} s"
         time.sleep(0.01)
 

@@ -42,7 +42,7 @@ def random_table(c: int, seed: int, device: str = "cpu") -> torch.Tensor:
 
 
 dims = st.tuples(st.sampled_from([(), (1,), (3,), (2, 2)]), st.integers(1, 5), st.integers(1, 19),
-                 st.integers(1, 23))
+                 st.integers(1, 23))  # empty sizes: test_empty_input
 
 
 @SETTINGS
@@ -76,16 +76,21 @@ def test_every_level_and_channel_is_looked_up(device):
     assert torch.equal(got, expect)
 
 
-def test_empty_input(device):
-    pixels = torch.empty(0, 3, 4, 4, dtype=torch.uint8, device=device)
-    out = ops.pixel_lookup(pixels, random_table(3, 0, device), backend="ext")
-    assert out.shape == (0, 3, 4, 4) and out.dtype == torch.float32
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (2, 0, 4, 4), (3, 0, 4), (2, 3, 4, 0),
+                                   (2, 3, 0, 5)])
+def test_empty_input(device, shape):
+    pixels = torch.empty(shape, dtype=torch.uint8, device=device)
+    table = random_table(shape[-3], 0, device)
+    out = ops.pixel_lookup(pixels, table, backend="ext")
+    assert out.shape == shape and out.dtype == torch.float32
+    assert torch.equal(out.cpu(), ops.pixel_lookup(pixels, table, backend="ref").cpu())
 
 
 BAD = {
     "two dims": (torch.zeros(4, 4, dtype=torch.uint8), torch.zeros(4, 256),
                  r"pixels must have shape \(\.\.\., C, H, W\), got \[4, 4\]"),
-    "float pixels": (torch.zeros(3, 2, 2), torch.zeros(3, 256), "pixels must be uint8, got (torch.float32|Float) of shape"),
+    "float pixels": (torch.zeros(3, 2, 2), torch.zeros(3, 256),
+                     "pixels must be uint8, got (torch.float32|Float) of shape"),
     "table channels": (torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(2, 256),
                        r"table must be float32 of shape \[C, 256\] = \[3, 256\].*shape \[2, 256\]"),
     "table dtype": (torch.zeros(3, 2, 2, dtype=torch.uint8), torch.zeros(3, 256, dtype=torch.float64),
@@ -128,6 +133,13 @@ def test_normalisation_is_the_elementwise_definition(any_device, dims, layout, s
     got = normalise_pixels(pixels)
     assert got.is_contiguous() and got.dtype == torch.float32
     assert torch.equal(got, normalise_elementwise(pixels))
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_normalisation_of_a_batch_sized_input(any_device, layout):
+    """A CREMA-D-sized batch (the kernels' parallel chunks and full-width rows)."""
+    pixels = make_pixels((4, 2), 3, 224, 224, layout, 9, any_device)
+    assert torch.equal(normalise_pixels(pixels), normalise_elementwise(pixels))
 
 
 def test_normalisation_table_holds_each_levels_value():

@@ -134,8 +134,10 @@ def resident_bytes() -> int:
 @glibc_only
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "getpagesize"), reason="no getpagesize")
 def test_released_free_pages_leave_the_resident_set(restore_reuse):
-    """What a worker forked after a JPEG pass would otherwise inherit: free, written heap pages
-    in the middle of the heap (a live block above them keeps the top from shrinking)."""
+    """What a worker forked after a JPEG pass would otherwise inherit: free, written heap
+    pages. `malloc_trim(0)` hands back whole free pages wherever they lie in the heap, at its
+    top or below live blocks, so the resident set shrinks by at least the freed block's new
+    part, and live memory keeps its values."""
     host_memory.set_host_memory_reuse(True)
     block = torch.ones(larger_than_the_free_heap(), dtype=torch.uint8)  # written: resident
     above = torch.ones(1024, dtype=torch.uint8)

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from bbench.data.base import TensorMultimodalDataset, collate_samples
 from bbench.engine import host_memory
-from bbench.engine.loading import PassLoaders, loader_seed
+from bbench.engine.evaluate import eval_loader
+from bbench.engine.loading import PassLoaders, loader_seed, new_loader
 
 
 class EpochTagged(Dataset):
@@ -88,3 +89,14 @@ def test_the_heaps_free_pages_are_released_before_new_workers_fork(monkeypatch, 
     loaders.for_pass(b, 1, 0)
     loaders.close()
     assert len(released) == (2 if num_workers else 0)
+
+
+def test_every_loader_the_run_builds_releases_them_when_it_has_workers(monkeypatch):
+    """`new_loader` is how the Trainer's pass, method and evaluation loaders are built."""
+    released: list[int] = []
+    monkeypatch.setattr(host_memory, "release_free_pages", lambda: released.append(1))
+    split = EpochTagged(4)
+    assert isinstance(new_loader(split, batch_size=2, num_workers=0), DataLoader)
+    assert released == []
+    assert eval_loader(split, 2, collate_samples, num_workers=2).num_workers == 2
+    assert released == [1]

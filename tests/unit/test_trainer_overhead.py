@@ -158,16 +158,6 @@ def test_workers_get_their_read_ahead_and_none_without_workers():
     assert "persistent_workers" not in FastPath.for_spec(TrainSpec(), CPU).loader_options(True)
 
 
-def test_options_for_a_loader_with_workers_release_the_heaps_free_pages_first(monkeypatch):
-    """Its workers fork from this heap on the first iteration (engine/host_memory.py)."""
-    released: list[int] = []
-    monkeypatch.setattr(host_memory, "release_free_pages", lambda: released.append(1))
-    FastPath.for_spec(TrainSpec(), CPU).loader_options()
-    assert released == []
-    FastPath.for_spec(TrainSpec(num_workers=2), CPU).loader_options(persistent=True)
-    assert released == [1]
-
-
 def test_channels_last_puts_convolution_weights_and_image_batches_in_nhwc():
     info = DataInfo("img", ("a", "b"), 3, {"a": (1, 16, 16), "b": (4,)},
                     {"a": torch.float32, "b": torch.float32})
