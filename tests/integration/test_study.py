@@ -66,8 +66,14 @@ def test_a_tiny_study_runs_pairs_its_seeds_and_a_rerun_launches_nothing(tmp_path
 
 
 def test_a_killed_study_rerun_launches_only_the_missing_jobs_and_matches_an_uninterrupted_one(tmp_path):
+    # A checkpoint after every epoch: with the default (one per minute of training, and at the
+    # end) a job of this size has one only in the moment between its last epoch and its
+    # record, which the poll below missed on a fast CPU (the study finished unkilled). The
+    # setting is outside the spec hash, so the uninterrupted study below, at the default,
+    # has the same job ids and must give the same results.
     flags = ["--methods", "Baseline,OGM", "--datasets", "mfeat", "--seeds", "2", "--epochs", "15",
-             "--set", "dataset.options.subsample_per_class=20", "--set", "OGM.start=0", "--quiet"]
+             "--set", "dataset.options.subsample_per_class=20", "--set", "OGM.start=0",
+             "--set", "train.checkpoint_seconds=0", "--quiet"]
     killed = tmp_path / "killed"
     command = [sys.executable, "-m", "bbench", "study", *flags, "--out", str(killed)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
