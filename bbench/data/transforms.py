@@ -140,7 +140,7 @@ def normalise_pixels(pixels: torch.Tensor) -> torch.Tensor:
     one of them a transposing conversion, run where the extension has no kernel for the
     device.
     """
-    if pixels.device.type in ops.extension_info()["backends"]:
+    if ops.has_kernels(pixels.device):
         table = normalisation_table(int(pixels.shape[-3]), pixels.device)
         return ops.pixel_lookup(pixels, table, backend="ext")
     return normalise_elementwise(pixels)

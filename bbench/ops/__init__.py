@@ -22,7 +22,8 @@ import torch
 
 from bbench.ops import _ext, reference
 
-__all__ = ["grad_scale_", "subset_correct", "pixel_lookup", "extension_info", "reference"]
+__all__ = ["grad_scale_", "subset_correct", "pixel_lookup", "extension_info", "has_kernels",
+           "reference"]
 
 _log = logging.getLogger(__name__)
 _BACKENDS = ("auto", "ext", "ref")
@@ -35,14 +36,21 @@ def extension_info() -> dict:
     return {"loaded": st.loaded, "backends": list(st.backends), "error": st.error, "path": st.path}
 
 
+def has_kernels(device: torch.device) -> bool:
+    """Whether the extension is loaded with kernels for `device`'s type: what `backend="auto"`
+    decides by, for callers that run something other than the reference without them."""
+    st = _ext.state()
+    return st.loaded and device.type in st.backends
+
+
 def _use_ext(op: str, backend: str, device: torch.device) -> bool:
     if backend not in _BACKENDS:
         raise ValueError(f"{op}: backend must be one of {', '.join(map(repr, _BACKENDS))}, got {backend!r}")
     if backend == "ref":
         return False
-    st = _ext.state()
-    if st.loaded and device.type in st.backends:
+    if has_kernels(device):
         return True
+    st = _ext.state()
     if st.loaded:
         why = f"the extension at {st.path} has no {device.type} kernel (built: {', '.join(st.backends) or 'none'})"
     else:

@@ -8,7 +8,6 @@ import torch
 from bbench.ops import reference
 
 
-
 def register() -> None:
     @torch.library.register_fake("bbench::grad_scale_")
     def _grad_scale_fake(grads, group, coeff, noise_std=None, seed=None):

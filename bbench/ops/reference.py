@@ -2,8 +2,8 @@
 
 These define the semantics (docs/kernels.md); the compiled kernels must match them: exactly for
 ``subset_correct``, ``pixel_lookup`` and ``grad_scale_`` without noise (float32 / float64),
-statistically for the noise (the generators differ: the reference uses torch's ``normal_``, the kernels a Philox
-counter-based generator).
+statistically for the noise (the generators differ: the reference uses torch's ``normal_``,
+the kernels a Philox counter-based generator).
 """
 from __future__ import annotations
 

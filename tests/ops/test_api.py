@@ -114,3 +114,12 @@ def test_fake_tensor_shapes():
         c, n = torch.ops.bbench.subset_correct(torch.empty(3, 10, 4), torch.empty(3, 4), torch.empty(4),
                                                torch.empty(10, dtype=torch.int64))
     assert c.shape == (10, 8) and c.dtype == torch.bool and n.shape == (8,) and n.dtype == torch.int64
+
+
+def test_has_kernels_is_what_auto_decides_by(broken_ext):
+    assert not ops.has_kernels(torch.device("cpu"))
+
+
+def test_has_kernels_follows_the_loaded_backends():
+    info = ops.extension_info()
+    assert ops.has_kernels(torch.device("cpu")) == ("cpu" in info["backends"])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bbench import ops
 from bbench.data.transforms import normalisation_table, normalise_elementwise, normalise_pixels
-from bbench.ops import reference
+from bbench.ops import _ext, reference
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -153,6 +153,5 @@ def test_normalisation_table_holds_each_levels_value():
 def test_normalisation_without_the_extension_is_unchanged(monkeypatch):
     pixels = make_pixels((2,), 3, 6, 7, "channels_last", 3)
     with_kernel = normalise_pixels(pixels)
-    monkeypatch.setattr(ops, "extension_info", lambda: {"loaded": False, "backends": [],
-                                                         "error": "disabled", "path": None})
+    monkeypatch.setattr(_ext, "_STATE", _ext.ExtState(False, (), "disabled", None))
     assert torch.equal(normalise_pixels(pixels), with_kernel)

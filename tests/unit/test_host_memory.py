@@ -68,7 +68,9 @@ def test_with_reuse_on_a_large_block_comes_from_the_heap_and_off_from_a_fresh_mm
     assert mmapped_by(size) >= size
 
 
-def test_switching_off_undoes_only_what_this_module_switched_on(monkeypatch):
+@pytest.fixture
+def libc_calls(monkeypatch) -> list[tuple[str, tuple[int, ...]]]:
+    """The module's C library replaced by one that records its calls; reuse starts off."""
     calls: list[tuple[str, tuple[int, ...]]] = []
 
     class RecordingLibc:
@@ -82,6 +84,11 @@ def test_switching_off_undoes_only_what_this_module_switched_on(monkeypatch):
 
     monkeypatch.setattr(host_memory, "_glibc", RecordingLibc)
     monkeypatch.setattr(host_memory, "_reusing", False)
+    return calls
+
+
+def test_switching_off_undoes_only_what_this_module_switched_on(libc_calls):
+    calls = libc_calls
     assert not host_memory.set_host_memory_reuse(False) and calls == []  # glibc's own state kept
     assert host_memory.set_host_memory_reuse(True)
     assert calls == [("mallopt", (host_memory.M_MMAP_MAX, 0)),
@@ -148,20 +155,11 @@ def test_released_free_pages_leave_the_resident_set(restore_reuse):
     assert torch.equal(above, torch.ones(1024, dtype=torch.uint8))  # live memory untouched
 
 
-def test_free_pages_are_released_only_where_reuse_keeps_them(monkeypatch):
-    trims: list[int] = []
-
-    class RecordingLibc:
-        def malloc_trim(self, pad: int) -> int:
-            trims.append(pad)
-            return 1
-
-    monkeypatch.setattr(host_memory, "_glibc", RecordingLibc)
-    monkeypatch.setattr(host_memory, "_reusing", False)
+def test_free_pages_are_released_only_where_reuse_keeps_them(monkeypatch, libc_calls):
     host_memory.release_free_pages()
-    assert trims == []  # glibc trims on its own when reuse is off
+    assert libc_calls == []  # glibc trims on its own when reuse is off
     monkeypatch.setattr(host_memory, "_reusing", True)
     host_memory.release_free_pages()
-    assert trims == [0]
+    assert libc_calls == [("malloc_trim", (0,))]
     monkeypatch.setattr(host_memory, "_glibc", lambda: None)
     host_memory.release_free_pages()  # not glibc: nothing to do, no error
