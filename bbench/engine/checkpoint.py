@@ -18,8 +18,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read, or does not belong to the run that would continue from it."""
 
 
-REQUIRED_KEYS = ("epoch", "global_step", "model", "optimizer", "scheduler", "method", "rng",
-                 "history", "run")
+REQUIRED_KEYS = ("epoch", "global_step", "method", "rng", "history", "run")
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "precision")
+"""What a checkpoint written before the last epoch also holds: the state the next epochs train
+from. A finished fit's checkpoint (`finished`: written after the last epoch, for a run stopped
+between its fit and its record) leaves them out: only the selected weights, the history and
+the counts are read from it again, and the final weights and the optimizer's state are two
+thirds of a ResNet18-AV checkpoint (180 of 268 MB)."""
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
@@ -69,7 +74,10 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
             f"{path} cannot be read as a bbench checkpoint ({size} bytes; {type(err).__name__}: "
             f"{str(err).splitlines()[0] if str(err) else 'no detail'}): it is truncated, empty or "
             f"not a checkpoint. The run cannot continue from it; start the run again") from None
-    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if not isinstance(state, dict):
+        state = {}
+    required = REQUIRED_KEYS + (() if state.get("finished") else TRAINING_KEYS)
+    missing = [k for k in required if k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a checkpoint of this bbench version (missing "
                               f"{', '.join(missing)}); start the run again")

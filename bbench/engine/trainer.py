@@ -289,28 +289,33 @@ class Trainer:
         if not last and (self.epoch % every or self.train_seconds - self._checkpointed_at
                          < self.spec.checkpoint_seconds):
             return
-        ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, {
-            "run": self.run_identity,
+        state: dict[str, Any] = {
+            "run": self.run_identity, "finished": last,
             "epoch": self.epoch, "global_step": self.global_step, "samples_seen": self.samples_seen,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "method": self.method.state_dict(),
+            "method": self.method.state_dict(),
             "rng": ckpt.rng_state(), "history": self.history, "best_epoch": self.best_epoch,
             "best_val": self.best_val, "best_state": self.best_state,
             "flops": self.flops.total, "flops_by_region": self.flops.regions,
             "flops_reused": self.flops.reused, "flops_by_signature": self.flops.by_signature,
-            "precision": self.precision.state_dict(),
             "train_seconds": self.train_seconds,
-        })
+        }
+        if not last:  # what the next epochs train from (ckpt.TRAINING_KEYS)
+            state.update({"model": self.model.state_dict(),
+                          "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(),
+                          "precision": self.precision.state_dict()})
+        ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, state)
         self.checkpointed_epoch = self.epoch
         self._checkpointed_at = self.train_seconds
 
     def _restore(self, state: dict[str, Any]) -> None:
         try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            if not state.get("finished"):  # a finished fit trains no further epoch
+                self.model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.precision.load_state_dict(state["precision"])
             self.method.load_state_dict(state["method"])
-            self.precision.load_state_dict(state["precision"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise ckpt.CheckpointError(

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import bbench
+import bbench.runner
 from bbench.config.fields import SpecError
 from bbench.engine.trainer import NonFiniteLossError
 from bbench.registry import UnknownNameError
 from bbench.results import MACHINE_METRICS
-from bbench.runner import RunDirectoryExistsError
+from bbench.engine import checkpoint as ckpt
+from bbench.runner import RunDirectoryExistsError, RunInterrupted
 
 
 
@@ -68,6 +70,33 @@ def test_interrupted_and_resumed_run_ends_like_an_uninterrupted_one(small_run, t
     resumed = bbench.run(resume=tmp_path / "cut")
     assert comparable(resumed.metrics) == comparable(full.metrics)
     assert [h["val_acc"] for h in resumed.history] == [h["val_acc"] for h in full.history]
+
+
+def test_a_run_stopped_between_fit_and_record_resumes_from_its_finished_checkpoint(
+        small_run, tmp_path, monkeypatch):
+    """The checkpoint after the last epoch holds no final weights and no optimizer state
+    (nothing is left to train), and resuming from it trains nothing and ends with the record
+    of the uninterrupted run."""
+    full = small_run("OGM", epochs=3, start=0)
+    evaluate = bbench.runner.evaluate_on_test
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bbench.runner, "evaluate_on_test", stopped)
+    with pytest.raises(RunInterrupted) as stop:
+        small_run("OGM", epochs=3, start=0, out=str(tmp_path / "cut"))
+    assert stop.value.checkpointed == 3
+    state = ckpt.load(tmp_path / "cut", torch.device("cpu"))
+    assert state["finished"] and not set(ckpt.TRAINING_KEYS) & set(state)
+    monkeypatch.setattr(bbench.runner, "evaluate_on_test", evaluate)
+    steps: list[int] = []
+    resumed = bbench.run(resume=tmp_path / "cut", callbacks=[lambda t, e, r: steps.append(e)])
+    assert steps == []  # no epoch ran again
+    assert comparable(resumed.metrics) == comparable(full.metrics)
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in run.history]
+               for run in (resumed, full)]
+    assert untimed[0] == untimed[1]
 
 
 def test_baseline_training_flops_match_the_analytic_mlp_count(small_run):

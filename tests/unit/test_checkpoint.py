@@ -18,7 +18,8 @@ def a_state() -> dict:
     return {"run": {"hash": "x"}, "epoch": 3, "global_step": 12, "history": [{"epoch": 0}],
             "model": {"w": torch.randn(5, 4, generator=generator)},
             "optimizer": {"state": {0: {"momentum_buffer": torch.randn(5, 4, generator=generator)}}},
-            "scheduler": {"last_epoch": 3}, "method": {"extra": {}}, "rng": ckpt.rng_state()}
+            "scheduler": {"last_epoch": 3}, "precision": {}, "method": {"extra": {}},
+            "rng": ckpt.rng_state()}
 
 
 def test_a_checkpoint_reads_back_exactly(tmp_path):
@@ -57,4 +58,15 @@ def test_a_truncated_checkpoint_is_refused_by_name(tmp_path):
     ckpt.save(path, a_state())
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ckpt.CheckpointError, match="truncated"):
+        ckpt.load(tmp_path, CPU)
+
+
+def test_only_a_finished_fits_checkpoint_may_leave_out_the_training_state(tmp_path):
+    """After the last epoch nothing is trained from the checkpoint again (trainer.py), so it
+    holds no final weights or optimizer state; any other checkpoint without them is refused."""
+    without = {k: v for k, v in a_state().items() if k not in ckpt.TRAINING_KEYS}
+    ckpt.save(tmp_path / ckpt.CHECKPOINT_NAME, {**without, "finished": True})
+    assert ckpt.load(tmp_path, CPU)["finished"]
+    ckpt.save(tmp_path / ckpt.CHECKPOINT_NAME, {**without, "finished": False})
+    with pytest.raises(ckpt.CheckpointError, match="missing model, optimizer, scheduler, precision"):
         ckpt.load(tmp_path, CPU)

@@ -16,7 +16,6 @@ import bbench
 import bbench.runner
 from bbench.config.fields import SpecError
 from bbench.config.resolve import resolve_spec
-from bbench.engine import checkpoint as ckpt
 from bbench.engine.selected import BEST_MODEL_NAME
 from bbench.engine.trainer import Trainer
 from bbench.methods.registry import METHODS, reference_method
@@ -38,12 +37,19 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     set-up and fit of the same spec."""
     out = tmp_path_factory.mktemp("runs")
     initial: dict[str, torch.Tensor] = {}
+    final: dict[str, torch.Tensor] = {}
 
     class Capturing(Trainer):
         def __init__(self, spec: Any, data: Any, method: Any, model: torch.nn.Module,
                      *args: Any, **kwargs: Any) -> None:
             initial.update({k: v.detach().clone() for k, v in model.state_dict().items()})
             super().__init__(spec, data, method, model, *args, **kwargs)
+
+        def fit(self, *args: Any, **kwargs: Any) -> Any:
+            fitted = super().fit(*args, **kwargs)  # the weights after the last step, before
+            final.update({k: v.detach().clone()  # the runner loads the selected ones
+                          for k, v in self.model.state_dict().items()})
+            return fitted
 
     patch = pytest.MonkeyPatch()
     patch.setattr(bbench.runner, "Trainer", Capturing)
@@ -54,7 +60,6 @@ def paired(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     hand = HandLoop(resolve_spec(None, "mfeat", SHORT))
     hand_initial = {k: v.detach().clone() for k, v in hand.model.state_dict().items()}
     fit = hand.fit()
-    final = ckpt.load(Path(result.run_dir), torch.device("cpu"))["model"]
     best = torch.load(Path(result.run_dir) / BEST_MODEL_NAME, weights_only=True)
     return {"result": result, "initial": initial, "hand": hand, "hand_initial": hand_initial,
             "fit": fit, "final": final, "best": best}

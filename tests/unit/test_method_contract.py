@@ -137,8 +137,19 @@ def test_resume_runs_on_fit_start_once_before_restoring_and_ends_like_an_uninter
     full_method = AuxMethod(None, ctx())
     full = trainer_for(full_method, epochs=4, count_flops=False).fit()
 
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_second_epoch(trainer, epoch, record):
+        if epoch == 1:
+            raise Interrupt
+
     first = AuxMethod(None, ctx())
-    trainer_for(first, epochs=2, run_dir=tmp_path, count_flops=False, run_identity=IDENTITY).fit()
+    cut = trainer_for(first, epochs=4, run_dir=tmp_path, count_flops=False,
+                      run_identity=IDENTITY, callbacks=[stop_after_second_epoch])
+    cut.spec = dataclasses.replace(cut.spec, checkpoint_seconds=0)  # a checkpoint every epoch
+    with pytest.raises(Interrupt):
+        cut.fit()
     assert first.fit_starts == [0]
     state = ckpt.load(tmp_path / ckpt.CHECKPOINT_NAME, CPU)
     assert state["epoch"] == 2
