@@ -109,7 +109,8 @@ class Case:
     preset: str | None = None
     repeats: int = 9
     """Interleaved pairs: many for mfeat (a pair takes seconds, and the VM's noise is about
-    ±15 % per run), three for the ResNet pair (a minute a pair on 2 cores)."""
+    ±15 % per run), five for the ResNet pair (25 s a pair on 2 cores; with three, one pair
+    slowed by a neighbour moved the median by 3 %)."""
 
 
 CASES = {
@@ -121,7 +122,7 @@ CASES = {
                      "num_workers": 0,
                      "dataset.options": {"image_size": AV_IMAGE_SIZE,
                                          **{k: v for k, v in AV_SIZES.items() if k.startswith("n_")}}},
-        preset="cremad", repeats=3),
+        preset="cremad", repeats=5),
 }
 
 

@@ -4,7 +4,11 @@
     # = python -m bbench.benchmarking --methods Baseline OGM MMPareto [--out DIR] [--dry-run]
 
 Stages, in order; each ends passed, failed or skipped (with the reason), and the summary
-(`summary.json`, `summary.md` in --out) is rewritten after each one:
+(`summary.json`, `summary.md` in --out) is rewritten after each one. The run keeps to
+`--deadline` seconds (default 450: a lent GPU's call is limited, and what has not been written
+by then is lost): the build and the tests are given at most what is left, a stage that would
+start after the deadline is skipped, the throughput stages start no further setting, and the
+compiled steps are skipped when less than `COMPILE_SECONDS` are left.
 
 1. `kernels`: load the compiled kernels; on a GPU machine whose build has no CUDA kernels,
    build them in place first (`setup.py build_ext --inplace`; log in build.log). Fails when
@@ -81,7 +85,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "runs" / "gpu-check"
 NO_CUDA = "no CUDA device"
 BANDWIDTH_TARGET, LOOP_TARGET = 60.0, 10.0  # % of the copy's bandwidth; x the loop's time
-TESTS_TIMEOUT, BUILD_TIMEOUT = 300, 600  # seconds
+TESTS_TIMEOUT, BUILD_TIMEOUT = 180, 300  # seconds, at most; less when the deadline is nearer
+DEFAULT_DEADLINE = 450.0  # seconds of the whole run
+COMPILE_SECONDS = 180.0  # what compiling two ResNet18 encoders and timing them may take
 PLURAL = {"error": "errors", "warning": "warnings"}  # pytest writes "1 error", "2 errors"
 
 
@@ -113,10 +119,18 @@ class Context:
     out: Path
     methods: tuple[str, ...]
     steps: list[StepResult] = field(default_factory=list)  # timed so far, by every stage
+    deadline: float = float("inf")  # time.perf_counter() by which the run must be done
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    def seconds_left(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    def limit(self, seconds: float) -> float:
+        """`seconds`, or what is left of the run if that is less (at least one second)."""
+        return max(1.0, min(seconds, self.seconds_left()))
 
     def not_on_cuda(self) -> str:
         """The reason a CUDA stage gives in a dry run."""
@@ -125,24 +139,46 @@ class Context:
 
 # ---- stage 1: kernels -----------------------------------------------------------------------
 
+PROBE = """
+import json, torch
+from bbench import ops
+info = ops.extension_info()
+if "cuda" in info["backends"] and torch.cuda.is_available():
+    try:  # registered is not runnable: a build for another architecture has no kernel image
+        grads = [torch.ones(4, device="cuda")]
+        ops.grad_scale_(grads, torch.zeros(1, dtype=torch.long, device="cuda"),
+                        torch.full((1,), 0.5, device="cuda"), None, seed=0, backend="ext")
+        torch.cuda.synchronize()
+        assert grads[0].tolist() == [0.5] * 4, grads[0].tolist()
+    except Exception as exc:
+        info["backends"].remove("cuda")
+        info["error"] = f"its CUDA kernel does not run here: {type(exc).__name__}: {exc}"
+print(json.dumps(info))
+"""
+
+
 def probe_extension() -> dict[str, Any]:
     """The extension as a fresh process finds it, so that this one has not loaded it yet (a
-    build can still replace it)."""
-    code = "import json; from bbench import ops; print(json.dumps(ops.extension_info()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    build can still replace it); its CUDA kernels count only if one of them runs."""
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     if proc.returncode:
         raise RuntimeError(f"could not import bbench in a fresh process: {proc.stderr.strip()}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def build_in_place(out: Path) -> float:
+def build_in_place(out: Path, timeout: float) -> float:
     """`setup.py build_ext --inplace` (all cores, no network); its seconds."""
     env = {**os.environ, "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))}
     started = time.perf_counter()
     with open(out / "build.log", "w") as log:
-        proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=REPO,
-                              env=env, stdout=log, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
+        try:
+            proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"building the kernels took more than {timeout:.0f} s; see "
+                               f"{out / 'build.log'}") from None
     if proc.returncode:
         raise RuntimeError(f"building the kernels failed (exit {proc.returncode}); see {out / 'build.log'}")
     return time.perf_counter() - started
@@ -159,7 +195,7 @@ def stage_kernels(ctx: Context) -> StageResult:
             return StageResult("", FAILED, f"the bbench extension has no {kind} kernels "
                                f"(backends: {probe['backends']}, error: {probe['error']}); run "
                                f"`pip install --no-build-isolation -e .`", figures=probe)
-        built = build_in_place(ctx.out)
+        built = build_in_place(ctx.out, ctx.limit(BUILD_TIMEOUT))
     info = ops.extension_info()
     figures = {**info, "built_seconds": built}
     details = (f"extension {info['path']}, kernels for {', '.join(info['backends']) or 'nothing'}"
@@ -195,11 +231,14 @@ def stage_cuda_tests(ctx: Context) -> StageResult:
     if not ctx.cuda:
         cmd.append("--collect-only")
     env = {**os.environ, "BBENCH_REQUIRE_EXT": "1"}
+    timeout = ctx.limit(TESTS_TIMEOUT)
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=TESTS_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return StageResult("", FAILED, f"the CUDA tests took more than {TESTS_TIMEOUT} s")
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as stopped:  # keep what they printed: which test hung
+        (ctx.out / "cuda_tests.log").write_text(as_text(stopped.stdout) + as_text(stopped.stderr))
+        return StageResult("", FAILED, f"the CUDA tests took more than {timeout:.0f} s; see "
+                           f"cuda_tests.log")
     (ctx.out / "cuda_tests.log").write_text(proc.stdout + proc.stderr)
     counts = pytest_counts(proc.stdout)
     figures = {"command": shlex.join(cmd), "exit_code": proc.returncode, **counts}
@@ -235,16 +274,19 @@ def grad_scale_table(figures: dict[str, Any]) -> str:
     copy = figures["copy"]
     lines = [f"{figures['tensors']} tensors, {figures['elements']:,} float32 values "
              f"({figures['bytes'] / 1e6:.1f} MB); device copy of the same bytes: "
-             f"{copy['median_ms']:.4f} ms, {copy['GB_per_s']:.0f} GB/s (read + written).", "",
-             "| noise | implementation | median ms | GB/s | share of copy | time / ext |",
-             "|---|---|---:|---:|---:|---:|"]
+             f"{copy['median_ms']:.4f} ms, {copy['GB_per_s']:.0f} GB/s (read + written). "
+             f"`median ms`: whole calls, launches included (the speed-ups); `device ms`: the "
+             f"kernels alone (the bandwidths).", "",
+             "| noise | implementation | median ms | device ms | GB/s | share of copy | time / ext |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for noise in (False, True):
         for name, entry in figures[f"noise={noise}"].items():
             gbs = entry.get("GB_per_s")
-            cells = ("-", "-") if gbs is None else (f"{gbs:.0f}",
-                                                   f"{100 * gbs / copy['GB_per_s']:.0f} %")
+            cells = ("-", "-", "-") if gbs is None else (
+                f"{entry['device_median_ms']:.4f}", f"{gbs:.0f}",
+                f"{100 * gbs / copy['GB_per_s']:.0f} %")
             lines.append(f"| {noise} | {name} | {entry['median_ms']:.4f} | {cells[0]} | "
-                         f"{cells[1]} | {entry['ext_speedup']:.2f}x |")
+                         f"{cells[1]} | {cells[2]} | {entry['ext_speedup']:.2f}x |")
     return "\n".join(lines)
 
 
@@ -276,11 +318,16 @@ def stage_subset_correct(ctx: Context) -> StageResult:
 # ---- stages 5 and 6: training throughput -----------------------------------------------------
 
 def measure_settings(ctx: Context, settings: Sequence[StepSetting]) -> StageResult:
-    """Time each setting; one that crashes is recorded with its error and the rest still run.
-    The steps of earlier stages (`ctx.steps`) stay the references of the speed-ups, so the
-    compiled steps are compared with the plain fp32 ones."""
-    results = []
+    """Time each setting; one that crashes is recorded with its error and the rest still run,
+    until the deadline (the settings left are named in the reason). The steps of earlier
+    stages (`ctx.steps`) stay the references of the speed-ups, so the compiled steps are
+    compared with the plain fp32 ones."""
+    results: list[StepResult] = []
+    left: list[StepSetting] = []
     for setting in settings:
+        if ctx.seconds_left() <= 0:
+            left.append(setting)
+            continue
         try:
             result = measure_step(setting, ctx.plan.step_size, ctx.device, ctx.plan.step_repeats,
                                   ctx.plan.step_warmup)
@@ -298,6 +345,10 @@ def measure_settings(ctx: Context, settings: Sequence[StepSetting]) -> StageResu
     status, reason = (FAILED, f"failed: {', '.join(failed)}") if failed else (PASSED, None)
     if not ctx.cuda and not failed:
         reason = "dry run: tiny inputs on the CPU"
+    if left:
+        status = SKIPPED if not results else status
+        reason = "; ".join(filter(None, [reason, "deadline reached, not timed: " + ", ".join(
+            f"{s.method} [{s.variant}]" for s in left)]))
     return StageResult("", status, reason, figures={"steps": rows}, details=markdown_table(rows))
 
 
@@ -309,6 +360,9 @@ def stage_throughput_compile(ctx: Context) -> StageResult:
     if not ctx.cuda:
         return StageResult("", SKIPPED, "dry run: torch.compile of two ResNet18 encoders takes "
                            "minutes on a CPU")
+    if ctx.seconds_left() < COMPILE_SECONDS:
+        return StageResult("", SKIPPED, f"{ctx.seconds_left():.0f} s left of the deadline; "
+                           f"compiling and timing the steps needs about {COMPILE_SECONDS:.0f} s")
     return measure_settings(ctx, settings_matrix(ctx.methods, ("bf16",), (True,), (True,)))
 
 
@@ -321,17 +375,26 @@ STAGES: tuple[tuple[str, Callable[[Context], StageResult]], ...] = (
 
 # ---- running --------------------------------------------------------------------------------
 
+def as_text(output: str | bytes | None) -> str:
+    """What a timed-out subprocess had printed (bytes even with text=True, or None)."""
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
 
 
 def run_stage(name: str, fn: Callable[[Context], StageResult], ctx: Context) -> StageResult:
-    """One stage, timed; a crash becomes a failed stage (traceback on stderr)."""
+    """One stage, timed; a crash becomes a failed stage (traceback on stderr), and a stage
+    that would start after the deadline is skipped."""
     print(f"[{name}]", flush=True)
     started = time.perf_counter()
     try:
-        result = fn(ctx)
+        result = (fn(ctx) if ctx.seconds_left() > 0 else
+                  StageResult(name, SKIPPED, "the run's deadline (--deadline) had passed"))
     except Exception as exc:  # noqa: BLE001 - the summary records it; later stages still run
         traceback.print_exc()
         result = StageResult(name, FAILED, first_line(exc))
@@ -350,8 +413,12 @@ def nvidia_driver() -> str | None:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """Versions, CPU, GPU, driver and kernels (loads the extension: after stage 1)."""
-    info = {**environment(device), "cpu_brand": machine_info()["cpu"]["brand"]}
+    """Versions, CPU, GPU, driver and kernels (loads the extension: after stage 1); what could
+    not be read is named, and the stages' figures are still written."""
+    try:
+        info = {**environment(device), "cpu_brand": machine_info()["cpu"]["brand"]}
+    except Exception as exc:  # noqa: BLE001 - e.g. git timing out: the figures matter more
+        info = {"torch": torch.__version__, "error": first_line(exc)}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(driver=nvidia_driver(), cudnn=torch.backends.cudnn.version(),
@@ -373,7 +440,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"folder for the summaries and logs (default: {DEFAULT_OUT})")
     parser.add_argument("--dry-run", action="store_true",
                         help="every stage on the CPU at tiny sizes (CI's check; no GPU needed)")
+    parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, metavar="SECONDS",
+                        help=f"finish within this many seconds: later stages and settings are "
+                             f"skipped and named (default: {DEFAULT_DEADLINE:.0f})")
     args = parser.parse_args(argv)
+    if not args.deadline > 0:
+        parser.error(f"--deadline {args.deadline:g}: need a positive number of seconds")
     try:
         args.methods = [METHODS.canonical(name) for name in args.methods]
     except UnknownNameError as err:
@@ -395,11 +467,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # the dry run checks code paths, not speed: one thread cannot stall on a busy core
         torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
-    ctx = Context(device, DRY_PLAN if args.dry_run else GPU_PLAN, args.out, tuple(args.methods))
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    ctx = Context(device, DRY_PLAN if args.dry_run else GPU_PLAN, args.out, tuple(args.methods),
+                  deadline=clock + args.deadline)
     arguments = sys.argv[1:] if argv is None else list(argv)
     command = shlex.join(["python", "-m", "bbench.benchmarking", *arguments])  # what run.sh ran
     header: dict[str, Any] = {"dry_run": args.dry_run, "command": command,
+                              "deadline_seconds": args.deadline,
                               "started": started.strftime("%Y-%m-%d %H:%M:%S"), "machine": {}}
     results: list[StageResult] = []
     for name, fn in STAGES:

@@ -6,6 +6,13 @@ every figure must be read only once the device has finished the work. On CUDA th
 synchronised after the set-up (so work it queued is not charged to the call, and the call's own
 launch gaps are), then CUDA events recorded on the stream around the call give its device time;
 on the CPU the wall clock does. The median of several repeats resists the odd slow repeat.
+
+A bandwidth needs the kernels' own time, without the host's work of launching them (a
+`grad_scale_` call over 122 tensors spends tens of microseconds on the host, as long as its
+kernel runs on an H200). `queued=True` puts a device-side wait (`torch.cuda._sleep`) in the
+stream before the start event: the host launches the call while the device waits, and the
+events then time the kernels alone (if the launches take longer than the wait, the excess
+counts, so the figure can only err low).
 """
 from __future__ import annotations
 
@@ -47,9 +54,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+LAUNCH_COVER_CYCLES = 4_000_000
+"""The device-side wait of a `queued` timing: about 2 ms at a data-centre GPU's 2 GHz, over ten
+times the launches of the per-parameter loop over the ResNet18-AV gradient list."""
+
+
 def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,
-               setup: Callable[[], object] | None = None) -> Timing:
-    """`warmup` untimed calls, then `repeats` timed ones; `setup` runs untimed before each call."""
+               setup: Callable[[], object] | None = None, queued: bool = False) -> Timing:
+    """`warmup` untimed calls, then `repeats` timed ones; `setup` runs untimed before each call.
+    `queued`: on CUDA, the device time of the call's kernels without its launch work (above)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"time_calls: need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     for _ in range(warmup):
@@ -63,6 +76,8 @@ def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, war
         synchronize(device)
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            if queued:
+                torch.cuda._sleep(LAUNCH_COVER_CYCLES)
             start.record()
             fn()
             end.record()

@@ -13,7 +13,7 @@ import torch
 from bbench import ops
 from bbench.benchmarking import gpu, kernels
 from bbench.benchmarking.summary import FAILED, PASSED, SKIPPED, StageResult, Target, write_summary
-from bbench.benchmarking.timing import Timing, time_calls
+from bbench.benchmarking.timing import LAUNCH_COVER_CYCLES, Timing, time_calls
 from bbench.testing.throughput import (
     CREMAD_SIZE,
     TINY_SIZE,
@@ -123,6 +123,35 @@ def test_time_calls_times_the_call_only_after_warmup():
         time_calls(fn, CPU, repeats=0)
 
 
+def test_a_queued_timing_starts_the_clock_behind_a_device_wait(monkeypatch):
+    """On CUDA the events bracket the call; `queued` puts the wait before the start event, so
+    the host launches the call while the device waits (a bandwidth is the kernels' time)."""
+    log: list[str] = []
+
+    class FakeEvent:
+        def __init__(self, enable_timing: bool) -> None:
+            assert enable_timing
+
+        def record(self) -> None:
+            log.append("record")
+
+        def synchronize(self) -> None:
+            log.append("wait")
+
+        def elapsed_time(self, end: "FakeEvent") -> float:
+            return 2.0  # milliseconds
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: log.append(f"sleep {cycles}"))
+    cuda = torch.device("cuda")
+    for queued, before in ((False, []), (True, [f"sleep {LAUNCH_COVER_CYCLES}"])):
+        log.clear()
+        timing = time_calls(lambda: log.append("call"), cuda, repeats=1, warmup=0, queued=queued)
+        assert log == ["sync", *before, "record", "call", "record", "wait"]
+        assert timing.seconds == (0.002,)
+
+
 # ---- kernels ----------------------------------------------------------------------------------
 
 def test_the_gradient_list_is_the_cremad_model():
@@ -146,7 +175,7 @@ def test_grad_scale_figures_on_cpu_tensors():
     assert all(torch.equal(a, b) for a, b in zip(grads, before))  # left as it found them
     moved = 2 * 4 * (12000 + 77 + 576)
     ext = figures["noise=False"]["ext"]
-    assert ext["GB_per_s"] == pytest.approx(moved / (ext["median_ms"] / 1e3) / 1e9)
+    assert ext["GB_per_s"] == pytest.approx(moved / (ext["device_median_ms"] / 1e3) / 1e9)
     assert set(figures["noise=False"]) == {"ext", "ref", "loop", "loop-mul"}
     assert set(figures["noise=True"]) == {"ext", "ref", "loop"}
     assert "GB_per_s" not in figures["noise=True"]["ext"]  # two passes: no one-pass bandwidth
@@ -249,7 +278,8 @@ def test_the_command_line_refuses_what_it_cannot_do(tmp_path, capsys):
     assert gpu.parse_args([*methods, "--dry-run"]).methods == ["Baseline", "OGM"]  # canonical
     for argv, message in [([*methods, "--dry-run", "--out", str(file)], "is a file; expected a folder"),
                           (["--methods", "OMG", "--dry-run"], "--methods: unknown method 'OMG'"),
-                          (["--dry-run"], "arguments are required: --methods")]:
+                          (["--dry-run"], "arguments are required: --methods"),
+                          ([*methods, "--dry-run", "--deadline", "0"], "need a positive number")]:
         with pytest.raises(SystemExit) as exc:
             gpu.parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -257,3 +287,59 @@ def test_the_command_line_refuses_what_it_cannot_do(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             gpu.parse_args([*methods, "--out", str(tmp_path)])
         assert exc.value.code == 2 and "pass --dry-run" in capsys.readouterr().err
+
+
+def test_a_stage_that_would_start_after_the_deadline_is_skipped(tmp_path, monkeypatch):
+    def slow(ctx):
+        time.sleep(0.3)
+        return StageResult("", PASSED)
+
+    monkeypatch.setattr(gpu, "STAGES", (("slow", slow), ("late", slow)))
+    threads = torch.get_num_threads()
+    try:
+        assert gpu.main(["--methods", "Baseline", "--dry-run", "--deadline", "0.1",
+                         "--out", str(tmp_path)]) == 0  # nothing failed
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["deadline_seconds"] == 0.1
+    assert [(s["name"], s["status"]) for s in data["stages"]] == [("slow", PASSED), ("late", SKIPPED)]
+    assert "deadline" in data["stages"][1]["reason"]
+
+
+def test_the_throughput_stage_starts_no_setting_after_the_deadline(monkeypatch, tmp_path):
+    def fake_measure(setting, size, device, repeats, warmup):
+        time.sleep(0.05)
+        return StepResult(setting, 4, Timing((0.1,)))
+
+    monkeypatch.setattr(gpu, "measure_step", fake_measure)
+    settings = [StepSetting("Baseline"), StepSetting("OGM"), StepSetting("Baseline", "bf16")]
+    ctx = gpu.Context(CPU, gpu.DRY_PLAN, tmp_path, ("Baseline", "OGM"),
+                      deadline=time.perf_counter() + 0.02)
+    stage = gpu.measure_settings(ctx, settings)
+    assert stage.status == PASSED and [r["method"] for r in stage.figures["steps"]] == ["Baseline"]
+    assert stage.reason.endswith("deadline reached, not timed: OGM [fp32], Baseline [bf16]")
+    late = gpu.measure_settings(ctx, settings[:1])
+    assert late.status == SKIPPED and not late.figures["steps"]
+
+
+def test_timed_out_cuda_tests_keep_their_output(monkeypatch, tmp_path):
+    def hung(cmd, **kwargs):
+        raise gpu.subprocess.TimeoutExpired(cmd, kwargs["timeout"], output=b"test_a PASSED\n",
+                                            stderr=b"stuck in test_b")
+
+    monkeypatch.setattr(gpu.subprocess, "run", hung)
+    ctx = gpu.Context(torch.device("cuda"), gpu.GPU_PLAN, tmp_path, ("Baseline",),
+                      deadline=time.perf_counter() + 60)
+    stage = gpu.stage_cuda_tests(ctx)
+    assert stage.status == FAILED and "more than 60 s" in stage.reason
+    assert (tmp_path / "cuda_tests.log").read_text() == "test_a PASSED\nstuck in test_b"
+
+
+def test_the_machine_description_survives_a_failing_probe(monkeypatch):
+    def broken(device, fast_path=None):
+        raise gpu.subprocess.TimeoutExpired(["git"], 10)
+
+    monkeypatch.setattr(gpu, "environment", broken)
+    info = gpu.machine(CPU)
+    assert info["torch"] == torch.__version__ and info["error"].startswith("TimeoutExpired")
