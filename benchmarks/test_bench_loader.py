@@ -8,10 +8,11 @@ Trainer's own pass loader, `PassLoaders.for_pass(split, epoch, 0)` (batch 32,
 model takes by `move_batch` (the uint8 frames normalised in the main process), with the
 process settings and loader options `FastPath` gives a CPU run of ``train.num_workers=w``:
 the workers are started once, by the first warm-up round, and kept for every later pass, as
-in training (``WARMUP`` untimed passes, then ``ROUNDS`` timed ones). The split is the training split of a generated CREMA-D-format set: ``CLIPS``
-listed training clips (506 after the 10 % validation carve-out) of 3 frames of ``FRAME_HW``
-(CREMA-D's own 480 × 360), a (300, 128) float32 spectrogram each, the CREMA-D defaults
-(`image_size` 224, 2 frames per clip).
+in training (``WARMUP`` untimed passes, then ``ROUNDS`` timed ones). The split is the
+training split of a generated CREMA-D-format set: ``CLIPS`` listed training clips (506 after
+the 10 % validation carve-out) of 3 frames of ``FRAME_HW`` (CREMA-D's own 480 × 360), a
+(300, 128) float32 spectrogram each, the CREMA-D defaults (`image_size` 224, 2 frames per
+clip).
 ``extra_info["samples_per_s"]`` is the pass's throughput at the median. The set and its pack
 are written once per session (about 30 s).
 """

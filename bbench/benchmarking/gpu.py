@@ -85,7 +85,8 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = REPO / "runs" / "gpu-check"
 NO_CUDA = "no CUDA device"
 BANDWIDTH_TARGET, LOOP_TARGET = 60.0, 10.0  # % of the copy's bandwidth; x the loop's time
-TESTS_TIMEOUT, BUILD_TIMEOUT = 180, 300  # seconds, at most; less when the deadline is nearer
+TESTS_TIMEOUT, BUILD_TIMEOUT, PROBE_TIMEOUT = 180, 300, 120  # seconds at most; less when the
+# deadline is nearer
 DEFAULT_DEADLINE = 450.0  # seconds of the whole run
 COMPILE_SECONDS = 180.0  # what compiling two ResNet18 encoders and timing them may take
 PLURAL = {"error": "errors", "warning": "warnings"}  # pytest writes "1 error", "2 errors"
@@ -157,11 +158,11 @@ print(json.dumps(info))
 """
 
 
-def probe_extension() -> dict[str, Any]:
+def probe_extension(timeout: float) -> dict[str, Any]:
     """The extension as a fresh process finds it, so that this one has not loaded it yet (a
     build can still replace it); its CUDA kernels count only if one of them runs."""
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+                          cwd=REPO, timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"could not import bbench in a fresh process: {proc.stderr.strip()}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -187,7 +188,7 @@ def build_in_place(out: Path, timeout: float) -> float:
 def stage_kernels(ctx: Context) -> StageResult:
     """Load the device's kernels; on a GPU, build them in place first when they are missing
     (setup.py decides whether it can build CUDA kernels here, and says why not in build.log)."""
-    probe = probe_extension()
+    probe = probe_extension(ctx.limit(PROBE_TIMEOUT))
     kind = ctx.device.type
     built = None
     if kind not in probe["backends"]:
@@ -196,13 +197,15 @@ def stage_kernels(ctx: Context) -> StageResult:
                                f"(backends: {probe['backends']}, error: {probe['error']}); run "
                                f"`pip install --no-build-isolation -e .`", figures=probe)
         built = build_in_place(ctx.out, ctx.limit(BUILD_TIMEOUT))
+        probe = probe_extension(ctx.limit(PROBE_TIMEOUT))  # the new build's kernel must run
     info = ops.extension_info()
     figures = {**info, "built_seconds": built}
-    details = (f"extension {info['path']}, kernels for {', '.join(info['backends']) or 'nothing'}"
+    details = (f"extension {info['path']}, kernels for {', '.join(probe['backends']) or 'nothing'}"
                + (f"; built here in {built:.0f} s (build.log)" if built is not None else ""))
-    if kind not in info["backends"]:
-        why = (f"the build made none; build.log says why (nvcc missing, or not matching torch's "
-               f"CUDA {torch.version.cuda})" if built is not None else f"error: {info['error']}")
+    if kind not in probe["backends"]:
+        why = (f"the build made none that runs here (build.log says why the build made none: "
+               f"nvcc missing, or not matching torch's CUDA {torch.version.cuda}; "
+               f"{probe['error']})" if built is not None else f"error: {probe['error']}")
         return StageResult("", FAILED, f"no {kind} kernels: {why}", figures=figures,
                            details=details)
     return StageResult("", PASSED, None, figures=figures, details=details)
@@ -471,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx = Context(device, DRY_PLAN if args.dry_run else GPU_PLAN, args.out, tuple(args.methods),
                   deadline=clock + args.deadline)
     arguments = sys.argv[1:] if argv is None else list(argv)
-    command = shlex.join(["python", "-m", "bbench.benchmarking", *arguments])  # what run.sh ran
+    command = shlex.join([Path(sys.executable).name, "-m", "bbench.benchmarking", *arguments])
     header: dict[str, Any] = {"dry_run": args.dry_run, "command": command,
                               "deadline_seconds": args.deadline,
                               "started": started.strftime("%Y-%m-%d %H:%M:%S"), "machine": {}}

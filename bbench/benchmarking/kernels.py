@@ -3,14 +3,14 @@
 - `grad_scale_` on the ResNet18-AV gradient list: the gradients of every parameter of the
   model bbench builds for CREMA-D (two ResNet18 encoders, audio with 1 input channel and visual
   with 3, and the concat head; 22.35 M float32 values in 122 tensors). Without noise the kernel
-  reads and writes each gradient once, so its achieved bandwidth is 2 x bytes / the device
-  time of its kernels (a `queued` timing: the host's launch work is not the memory system's);
-  the reference for what the memory system can do is a device-to-device copy of the same
-  number of bytes (also 2 x bytes moved), timed the same way in the same run. The speed-ups
-  compare whole calls, launches included: that is what a training step pays. It is also timed against the
-  per-parameter Python loop of public toolkits (OGM-GE style: each tensor's std read on the
-  host, then scaled, and with noise a fresh normal tensor added), the loop without the std
-  read, and the `_foreach` reference.
+  reads and writes each gradient once, so its achieved bandwidth is 2 x bytes / the
+  device time of its kernels (a `queued` timing: the host's launch work is not the memory
+  system's); the reference for what the memory system can do is a device-to-device copy of
+  the same number of bytes (also 2 x bytes moved), timed the same way in the same run. The
+  speed-ups compare whole calls, launches included: that is what a training step pays. It is
+  also timed against the per-parameter Python loop of public toolkits (OGM-GE style: each
+  tensor's std read on the host, then scaled, and with noise a fresh normal tensor added),
+  the loop without the std read, and the `_foreach` reference.
 - `subset_correct` against its reference (a loop over the 2^M subsets): identical outputs
   and the speed-up, at CREMA-D's M = 2, K = 6 and at the CPU target's M = 3, K = 309.
 

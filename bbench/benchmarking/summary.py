@@ -78,6 +78,7 @@ def markdown(header: dict[str, Any], stages: Sequence[StageResult]) -> str:
              f"{machine.get('cuda') or '-'})",
              f"- torch {machine.get('torch')}, bbench {machine.get('bbench')}, "
              f"commit {machine.get('git_commit') or '-'}, CPU {machine.get('cpu_brand') or '-'}",
+             *([f"- not read: {machine['error']}"] if machine.get("error") else []),
              "", "| stage | status | seconds | reason |", "|---|---|---:|---|"]
     for s in stages:
         lines.append(f"| {s.name} | {s.status} | {s.seconds:.1f} | {s.reason or ''} |")

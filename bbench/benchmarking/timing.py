@@ -54,9 +54,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-LAUNCH_COVER_CYCLES = 4_000_000
-"""The device-side wait of a `queued` timing: about 2 ms at a data-centre GPU's 2 GHz, over ten
-times the launches of the per-parameter loop over the ResNet18-AV gradient list."""
+LAUNCH_COVER_CYCLES = 10_000_000
+"""The device-side wait of a `queued` timing: about 5 ms at a data-centre GPU's 2 GHz, several
+times the host work of the slowest call timed this way, the per-parameter loop's 122 launches
+over the ResNet18-AV gradient list (0.5-1 ms: an estimate, not measured on a GPU here)."""
 
 
 def time_calls(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,

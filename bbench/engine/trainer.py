@@ -309,8 +309,16 @@ class Trainer:
         self._checkpointed_at = self.train_seconds
 
     def _restore(self, state: dict[str, Any]) -> None:
+        finished = bool(state.get("finished"))
+        if finished and state["epoch"] != self.spec.epochs:
+            raise ckpt.CheckpointError(
+                f"the checkpoint is of a fit that finished after {state['epoch']} epochs, and "
+                f"this run trains {self.spec.epochs}: it holds no weights to train on from. "
+                f"Start the run again")
         try:
-            if not state.get("finished"):  # a finished fit trains no further epoch
+            if finished:  # no further epoch: the selected weights are what the run goes on with
+                self.model.load_state_dict(state["best_state"])
+            else:
                 self.model.load_state_dict(state["model"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.scheduler.load_state_dict(state["scheduler"])

@@ -10,10 +10,10 @@ import torch
 import bbench
 import bbench.runner
 from bbench.config.fields import SpecError
+from bbench.engine import checkpoint as ckpt
 from bbench.engine.trainer import NonFiniteLossError
 from bbench.registry import UnknownNameError
 from bbench.results import MACHINE_METRICS
-from bbench.engine import checkpoint as ckpt
 from bbench.runner import RunDirectoryExistsError, RunInterrupted
 
 
@@ -80,7 +80,7 @@ def test_a_run_stopped_between_fit_and_record_resumes_from_its_finished_checkpoi
     full = small_run("OGM", epochs=3, start=0)
     evaluate = bbench.runner.evaluate_on_test
 
-    def stopped(*args, **kwargs):
+    def stopped(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bbench.runner, "evaluate_on_test", stopped)

@@ -19,7 +19,7 @@ def a_state() -> dict:
             "model": {"w": torch.randn(5, 4, generator=generator)},
             "optimizer": {"state": {0: {"momentum_buffer": torch.randn(5, 4, generator=generator)}}},
             "scheduler": {"last_epoch": 3}, "precision": {}, "method": {"extra": {}},
-            "rng": ckpt.rng_state()}
+            "rng": ckpt.rng_state(), "best_state": {"w": torch.zeros(5, 4)}}
 
 
 def test_a_checkpoint_reads_back_exactly(tmp_path):

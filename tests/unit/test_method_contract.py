@@ -168,6 +168,18 @@ def test_resume_runs_on_fit_start_once_before_restoring_and_ends_like_an_uninter
     assert [h["method"]["aux"] for h in fit.history] == [h["method"]["aux"] for h in full.history]
 
 
+def test_a_finished_fits_checkpoint_cannot_start_a_longer_fit(tmp_path):
+    """It holds no final weights or optimizer state: a fit that would train on from it is
+    refused, not started silently from the freshly built model."""
+    trainer_for(AuxMethod(None, ctx()), epochs=2, run_dir=tmp_path, count_flops=False,
+                run_identity=IDENTITY).fit()
+    state = ckpt.load(tmp_path / ckpt.CHECKPOINT_NAME, CPU)
+    assert state["finished"] and "model" not in state
+    longer = trainer_for(AuxMethod(None, ctx()), epochs=4, count_flops=False)
+    with pytest.raises(ckpt.CheckpointError, match="finished after 2 epochs, and this run trains 4"):
+        longer.fit(resume_state=state)
+
+
 # -- 3. Unimodal training accuracy is named by its modality ----------------------------------
 
 def test_unimodal_training_accuracy_is_named_by_its_own_modality(tmp_path):

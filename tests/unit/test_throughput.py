@@ -12,7 +12,15 @@ import torch
 
 from bbench import ops
 from bbench.benchmarking import gpu, kernels
-from bbench.benchmarking.summary import FAILED, PASSED, SKIPPED, StageResult, Target, write_summary
+from bbench.benchmarking.summary import (
+    FAILED,
+    PASSED,
+    SKIPPED,
+    StageResult,
+    Target,
+    markdown,
+    write_summary,
+)
 from bbench.benchmarking.timing import LAUNCH_COVER_CYCLES, Timing, time_calls
 from bbench.testing.throughput import (
     CREMAD_SIZE,
@@ -291,31 +299,33 @@ def test_the_command_line_refuses_what_it_cannot_do(tmp_path, capsys):
 
 def test_a_stage_that_would_start_after_the_deadline_is_skipped(tmp_path, monkeypatch):
     def slow(ctx):
-        time.sleep(0.3)
+        time.sleep(1.2)  # past the deadline of 1 s: the next stage must not start
         return StageResult("", PASSED)
 
     monkeypatch.setattr(gpu, "STAGES", (("slow", slow), ("late", slow)))
     threads = torch.get_num_threads()
     try:
-        assert gpu.main(["--methods", "Baseline", "--dry-run", "--deadline", "0.1",
+        assert gpu.main(["--methods", "Baseline", "--dry-run", "--deadline", "1",
                          "--out", str(tmp_path)]) == 0  # nothing failed
     finally:
         torch.set_num_threads(threads)
     data = json.loads((tmp_path / "summary.json").read_text())
-    assert data["deadline_seconds"] == 0.1
+    assert data["deadline_seconds"] == 1.0
     assert [(s["name"], s["status"]) for s in data["stages"]] == [("slow", PASSED), ("late", SKIPPED)]
     assert "deadline" in data["stages"][1]["reason"]
 
 
 def test_the_throughput_stage_starts_no_setting_after_the_deadline(monkeypatch, tmp_path):
+    left = [30.0]  # seconds, on a clock of the test's own: each step measured takes 40
+
     def fake_measure(setting, size, device, repeats, warmup):
-        time.sleep(0.05)
+        left[0] -= 40.0
         return StepResult(setting, 4, Timing((0.1,)))
 
     monkeypatch.setattr(gpu, "measure_step", fake_measure)
+    monkeypatch.setattr(gpu.Context, "seconds_left", lambda self: left[0])
     settings = [StepSetting("Baseline"), StepSetting("OGM"), StepSetting("Baseline", "bf16")]
-    ctx = gpu.Context(CPU, gpu.DRY_PLAN, tmp_path, ("Baseline", "OGM"),
-                      deadline=time.perf_counter() + 0.02)
+    ctx = gpu.Context(CPU, gpu.DRY_PLAN, tmp_path, ("Baseline", "OGM"))
     stage = gpu.measure_settings(ctx, settings)
     assert stage.status == PASSED and [r["method"] for r in stage.figures["steps"]] == ["Baseline"]
     assert stage.reason.endswith("deadline reached, not timed: OGM [fp32], Baseline [bf16]")
@@ -343,3 +353,5 @@ def test_the_machine_description_survives_a_failing_probe(monkeypatch):
     monkeypatch.setattr(gpu, "environment", broken)
     info = gpu.machine(CPU)
     assert info["torch"] == torch.__version__ and info["error"].startswith("TimeoutExpired")
+    header = {"dry_run": True, "command": "x", "seconds": 1.0, "started": "now", "machine": info}
+    assert "- not read: TimeoutExpired" in markdown(header, [])
