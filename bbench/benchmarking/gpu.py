@@ -54,7 +54,6 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from bbench import ops
 from bbench.benchmarking import kernels
 from bbench.benchmarking.summary import (
     FAILED,
@@ -198,9 +197,8 @@ def stage_kernels(ctx: Context) -> StageResult:
                                f"`pip install --no-build-isolation -e .`", figures=probe)
         built = build_in_place(ctx.out, ctx.limit(BUILD_TIMEOUT))
         probe = probe_extension(ctx.limit(PROBE_TIMEOUT))  # the new build's kernel must run
-    info = ops.extension_info()
-    figures = {**info, "built_seconds": built}
-    details = (f"extension {info['path']}, kernels for {', '.join(probe['backends']) or 'nothing'}"
+    figures = {**probe, "built_seconds": built}
+    details = (f"extension {probe['path']}, kernels for {', '.join(probe['backends']) or 'nothing'}"
                + (f"; built here in {built:.0f} s (build.log)" if built is not None else ""))
     if kind not in probe["backends"]:
         why = (f"the build made none that runs here (build.log says why the build made none: "

@@ -21,7 +21,7 @@ class CheckpointError(RuntimeError):
 REQUIRED_KEYS = ("epoch", "global_step", "method", "rng", "history", "run", "best_state")
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "precision")
 """What a checkpoint written before the last epoch also holds: the state the next epochs train
-from. A finished fit's checkpoint (`finished`: written after the last epoch, for a run stopped
+from, each the `state_dict` of the Trainer's attribute of that name. A finished fit's checkpoint (`finished`: written after the last epoch, for a run stopped
 between its fit and its record) leaves them out: only the selected weights, the history and
 the counts are read from it again, and the final weights and the optimizer's state are two
 thirds of a ResNet18-AV checkpoint (180 of 268 MB, 171 of 256 MiB)."""

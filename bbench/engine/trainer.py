@@ -299,11 +299,8 @@ class Trainer:
             "flops_reused": self.flops.reused, "flops_by_signature": self.flops.by_signature,
             "train_seconds": self.train_seconds,
         }
-        if not last:  # what the next epochs train from (ckpt.TRAINING_KEYS)
-            state.update({"model": self.model.state_dict(),
-                          "optimizer": self.optimizer.state_dict(),
-                          "scheduler": self.scheduler.state_dict(),
-                          "precision": self.precision.state_dict()})
+        if not last:  # what the next epochs train from: the loop's parts of those names
+            state.update({key: getattr(self, key).state_dict() for key in ckpt.TRAINING_KEYS})
         ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, state)
         self.checkpointed_epoch = self.epoch
         self._checkpointed_at = self.train_seconds
@@ -319,10 +316,8 @@ class Trainer:
             if finished:  # no further epoch: the selected weights are what the run goes on with
                 self.model.load_state_dict(state["best_state"])
             else:
-                self.model.load_state_dict(state["model"])
-                self.optimizer.load_state_dict(state["optimizer"])
-                self.scheduler.load_state_dict(state["scheduler"])
-                self.precision.load_state_dict(state["precision"])
+                for key in ckpt.TRAINING_KEYS:
+                    getattr(self, key).load_state_dict(state[key])
             self.method.load_state_dict(state["method"])
         except (RuntimeError, KeyError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
