@@ -1,16 +1,94 @@
-"""Per-epoch TensorBoard scalars, written only when the `tensorboard` package is installed."""
+"""Per-epoch TensorBoard scalars, written only when the `tensorboard` package is installed.
+
+The events are written here, in the training process, not by TensorBoard's `FileWriter`:
+that writer hands every event to a thread of its own, which computes the file's two
+CRC-32C checksums per record in pure Python (about 50 µs for an epoch's event) while
+holding the interpreter lock, so the training steps of a small run wait for it, and the
+hand-over itself costs the step thread about 50 µs an event (docs/benchmarks.md, harness
+overhead). An event file is a sequence of TFRecords, each `length (uint64 LE), masked
+CRC-32C of the length, the serialized Event proto, masked CRC-32C of the proto`; the
+protos are TensorBoard's own, and the checksums come from `google-crc32c` (C) where it is
+installed, else from TensorBoard's Python implementation (correct, only slower).
+"""
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import os
+import socket
+import struct
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 FLUSH_SECONDS = 10
 """At most this long until a running job's scalars are visible in TensorBoard."""
 
+FILE_VERSION = "brain.Event:2"
+"""The first event of every event file: the format version TensorBoard's readers expect."""
+
+_CRC_MASK_DELTA = 0xA282EAD8
+_FILE_NUMBERS = itertools.count()  # the name's last part: two files of one process never clash
+
 
 def tensorboard_available() -> bool:
     return importlib.util.find_spec("tensorboard") is not None
+
+
+def _crc32c() -> Callable[[bytes], int]:
+    """The CRC-32C (Castagnoli) function: google-crc32c's C one, else TensorBoard's own."""
+    try:
+        import google_crc32c
+    except ImportError:
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import crc32c
+        return crc32c
+    return google_crc32c.value
+
+
+def masked(crc: int) -> int:
+    """TFRecord's masking of a CRC: rotated right by 15 bits, plus a constant (mod 2^32)."""
+    return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
+
+
+class EventFile:
+    """One TensorBoard event file, written record by record through a buffer that is
+    flushed at most every `flush_seconds` (checked when an event is written) and on close."""
+
+    def __init__(self, log_dir: Path, flush_seconds: float = FLUSH_SECONDS) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._event = Event
+        self._crc = _crc32c()
+        log_dir.mkdir(parents=True, exist_ok=True)
+        # TensorBoard's own naming (it finds event files by the prefix); a resumed run adds
+        # a file beside the first one's, never over it.
+        self.path = log_dir / (f"events.out.tfevents.{int(time.time()):010d}."
+                               f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}")
+        self._file: BinaryIO = open(self.path, "xb")
+        self.flush_seconds = flush_seconds
+        self._flushed_at = time.monotonic()
+        self._write(Event(wall_time=time.time(), file_version=FILE_VERSION))
+        self.flush()
+
+    def add(self, step: int, summary: Any) -> None:
+        """One event holding `summary` (a Summary proto) at `step`, stamped now."""
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+        if time.monotonic() - self._flushed_at >= self.flush_seconds:
+            self.flush()
+
+    def _write(self, event: Any) -> None:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        self._file.write(header + struct.pack("<I", masked(self._crc(header))) + data
+                         + struct.pack("<I", masked(self._crc(data))))
+
+    def flush(self) -> None:
+        self._file.flush()
+        self._flushed_at = time.monotonic()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
 
 
 class TensorBoardLogger:
@@ -19,24 +97,22 @@ class TensorBoardLogger:
     Method logs appear as `method/<key>` (e.g. `method/coef_audio`), everything else under
     its record name (`train_loss`, `val_acc`, `val_acc_<m>`, `lr`). An epoch's scalars go
     out as one event holding one summary of all of them (TensorBoard reads each value as its
-    own scalar series): `SummaryWriter.add_scalar` builds an event per value, which cost
-    about 80 µs each, more than a small run's steps' own bookkeeping.
+    own scalar series): `SummaryWriter.add_scalar` builds an event per value.
     """
 
     def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard.writer import FileWriter
-
-        # The writer's own thread writes the events out every FLUSH_SECONDS (and on close).
-        self.writer = FileWriter(str(log_dir), flush_secs=FLUSH_SECONDS)
-
-    def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=f"method/{name}", simple_value=v)
+        self._summary = Summary
+        self.events = EventFile(log_dir)
+
+    def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        value = self._summary.Value
+        values = [value(tag=f"method/{name}", simple_value=v)
                   for name, v in record.get("method", {}).items()]
-        values += [Summary.Value(tag=key, simple_value=value) for key, value in record.items()
-                   if isinstance(value, (int, float)) and key != "epoch"]
-        self.writer.add_summary(Summary(value=values), epoch)
+        values += [value(tag=key, simple_value=v) for key, v in record.items()
+                   if isinstance(v, (int, float)) and key != "epoch"]
+        self.events.add(epoch, self._summary(value=values))
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()

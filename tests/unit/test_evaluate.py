@@ -54,6 +54,50 @@ def test_predict_rows_are_the_fused_and_every_modality_argmax_of_all_samples(n, 
     assert pred.loss == pytest.approx(expected, rel=1e-6)
 
 
+def expected_rows(method, model, data) -> torch.Tensor:
+    """[1 + M, N]: the method's own evaluation logits of every sample, batch by batch of one."""
+    with torch.no_grad():
+        rows = [torch.stack([z, *per]).argmax(-1) for z, per in (
+            method.eval_logits(model.eval(), {**{m: data.features[m][i:i + 1] for m in INFO.modalities}})
+            for i in range(len(data)))]
+    return torch.cat(rows, 1)
+
+
+def test_per_modality_logits_formed_over_many_batches_flush_at_the_row_bound(monkeypatch):
+    """The default evaluation's per-modality logits are formed for up to UNIMODAL_ROWS held
+    samples at once; a bound smaller than the split flushes mid-way, with the same rows."""
+    import bbench.engine.evaluate as evaluate
+
+    method, model = model_and_method()
+    data = dataset(13)
+    calls = []
+    original = model.unimodal_logits
+    monkeypatch.setattr(model, "unimodal_logits",
+                        lambda features, i: calls.append(features[i].shape[0]) or original(features, i))
+    monkeypatch.setattr(evaluate, "UNIMODAL_ROWS", 5)
+    pred = predict(method, model, eval_loader(data, 3), CPU)
+    assert calls == [6] * 3 + [6] * 3 + [1] * 3  # 2 batches of 3 held, twice; the last one
+    assert torch.equal(pred.predicted, expected_rows(method, model, data))
+
+
+def test_a_method_with_its_own_evaluation_logits_is_evaluated_by_them():
+    method, model = model_and_method()
+
+    class Reversed(type(method)):
+        """Its per-modality logits reversed: nothing of the model's default head path."""
+
+        def eval_logits(self, model, batch, present=None, unimodal=True):
+            fused, per = super().eval_logits(model, batch, present, unimodal)
+            return fused, [-z for z in per]
+
+    reversed_method = Reversed(method.params, method.ctx)
+    assert not reversed_method.default_evaluation()
+    data = dataset(11)
+    pred = predict(reversed_method, model, eval_loader(data, 4), CPU)
+    assert torch.equal(pred.predicted, expected_rows(reversed_method, model, data))
+    assert not torch.equal(pred.predicted[1:], expected_rows(method, model, data)[1:])
+
+
 def test_split_metrics_are_each_rows_accuracy_and_macro_f1():
     method, model = model_and_method()
     data = dataset(21)
