@@ -107,10 +107,11 @@ class Case:
     dataset: str
     overrides: dict[str, Any] = field(default_factory=dict)
     preset: str | None = None
-    repeats: int = 9
-    """Interleaved pairs: many for mfeat (a pair takes seconds, and the VM's noise is about
-    ±15 % per run), five for the ResNet pair (25 s a pair on 2 cores; with three, one pair
-    slowed by a neighbour moved the median by 3 %)."""
+    repeats: int = 15
+    """Interleaved pairs: many for mfeat (a pair takes about 2 s, and the VM's noise is about
+    ±15 % per run: with 9 pairs the median still moved by 3-4 % between runs), five for the
+    ResNet pair (25 s a pair on 2 cores; with three, one pair slowed by a neighbour moved the
+    median by 3 %)."""
 
 
 CASES = {

@@ -259,10 +259,11 @@ class Trainer:
         return self.flops.count(region)
 
     def _step_signature(self, batch: Batch, info: StepInfo) -> tuple | None:
-        """What a step's FLOPs depend on (flops.py); None in `all` mode: count every step."""
-        if self.spec.flops != "signature":
+        """What a step's FLOPs depend on (flops.py); None in `all` mode (count every step) and
+        when nothing is counted (`count_step` then looks at no signature)."""
+        if not self.flops.enabled or self.spec.flops != "signature":
             return None
-        shapes = tuple((k, v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor))
+        shapes = tuple([(k, v.shape) for k, v in batch.items() if isinstance(v, torch.Tensor)])
         return info.phase, info.active, self.method.step_branch(info), shapes
 
     def _improves(self, val: dict[str, float]) -> bool:

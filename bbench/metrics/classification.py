@@ -27,19 +27,19 @@ def accuracies_and_f1(preds: torch.Tensor, labels: torch.Tensor,
     """
     pred = preds.detach().cpu().numpy().astype(np.int64, copy=False)
     true = labels.detach().cpu().numpy().astype(np.int64, copy=False)
-    rows = pred.shape[0]
-    if true.size == 0:
+    rows, n = pred.shape
+    if n == 0:
         return [0.0] * rows, [0.0] * rows
-    acc = (pred == true).mean(1)
     if num_classes == 0:
-        return acc.tolist(), [0.0] * rows
+        return ((pred == true).sum(1) / n).tolist(), [0.0] * rows
     k = num_classes
-    cells = (np.arange(rows)[:, None] * k + true) * k + pred
+    cells = (np.arange(0, rows * k, k)[:, None] + true) * k + pred
     confusion = np.bincount(cells.ravel(), minlength=rows * k * k).reshape(rows, k, k)
     tp = confusion.diagonal(axis1=1, axis2=2)
     denom = confusion.sum(1) + confusion.sum(2)  # predicted + true counts
     f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
-    return acc.tolist(), f1.mean(1).tolist()
+    # Sums over a row, divided: what NumPy's mean computes, in fewer calls.
+    return (tp.sum(1) / n).tolist(), (f1.sum(1) / k).tolist()
 
 
 def evaluation_size(labels: torch.Tensor, num_classes: int) -> dict[str, int]:
