@@ -357,19 +357,21 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
              if spec.train.tensorboard and tensorboard_available() else None)
     if board is not None:
         callbacks.append(board)
-    trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
-                      run_identity=identity)
     try:
-        fit = trainer.fit(resume_state=state)
-    except KeyboardInterrupt:
-        raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
-                             trainer.checkpointed_epoch) from None
-    except OutputWriteError as err:
-        if not trainer.checkpointed_epoch:
-            raise
-        raise OutputWriteError(f"{err}. The checkpoint of epoch {trainer.checkpointed_epoch} is "
-                               f"usable: once there is room, continue with: python -m bbench run "
-                               f"--resume {shlex.quote(str(run_dir))}") from None
+        trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
+                          run_identity=identity)
+        try:
+            fit = trainer.fit(resume_state=state)
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
+                                 trainer.checkpointed_epoch) from None
+        except OutputWriteError as err:
+            if not trainer.checkpointed_epoch:
+                raise
+            raise OutputWriteError(
+                f"{err}. The checkpoint of epoch {trainer.checkpointed_epoch} is usable: once "
+                f"there is room, continue with: python -m bbench run --resume "
+                f"{shlex.quote(str(run_dir))}") from None
     finally:
         if board is not None:
             board.close()

@@ -55,15 +55,17 @@ class SplitPredictions:
 
 
 UNIMODAL_ROWS = 4096
-"""Samples whose per-modality logits are formed together in `predict` (a bound on the
-features it holds: ResNet18 pairs keep 4 KiB a sample)."""
+"""Samples whose per-modality logits `predict` forms together: it holds their features (and at
+most one batch more), 4 KiB a sample for a ResNet18 pair, 6 KiB for FOOD-101's ViT-B/16 and BERT."""
 
 
 class _HeldFeatures:
     """The fused logits and features of the batches since the last flush, for a method with
     the default evaluation: their per-modality logits are formed in one head call per
-    modality over all of them instead of one per batch (a head's per-modality logits are a
-    function of each sample's features alone, as its fused logits are)."""
+    modality over all of them instead of one per batch. A head's per-modality logits are a
+    function of each sample's features alone, as its fused logits are (a model's
+    `unimodal_logits` must be: docs/adding-a-method.md), so the rows are those of the
+    per-batch calls up to the rounding of a matrix product over more rows."""
 
     def __init__(self) -> None:
         self.logits: list[torch.Tensor] = []
@@ -72,7 +74,7 @@ class _HeldFeatures:
 
     def add(self, logits: torch.Tensor, features: list[torch.Tensor]) -> None:
         self.logits.append(logits)
-        self.features.append(features)
+        self.features.append([_own_storage(f) for f in features])
         self.rows += logits.shape[0]
 
     def predicted(self, model: nn.Module) -> torch.Tensor:
@@ -82,6 +84,12 @@ class _HeldFeatures:
         predicted = _argmax_rows([torch.cat(self.logits), *unimodal])
         self.logits, self.features, self.rows = [], [], 0
         return predicted
+
+
+def _own_storage(t: torch.Tensor) -> torch.Tensor:
+    """`t`, or a copy if it views a larger tensor's storage: a transformer's class token
+    `y[:, 0]` held across batches would keep the whole [B, tokens, d] output alive."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
 
 
 def _argmax_rows(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -100,7 +108,9 @@ def predict(method: Evaluates, model: nn.Module, loader: DataLoader, device: tor
     the end (in float64, as a Python sum of their float32 values would be); and for a method
     with the default evaluation (`eval_logits` = the model's encode, fuse and per-modality
     head, `Method.default_evaluation`) the per-modality logits of up to `UNIMODAL_ROWS`
-    samples formed in one head call each.
+    samples formed in one head call each (the same logits up to the rounding of a matrix
+    product over more rows: a prediction can differ only where two classes' logits tie to
+    the last bits, as it can between two evaluation batch sizes).
     """
     names = tuple(method.eval_modalities(model))
     held = _HeldFeatures() if method.default_evaluation() else None

@@ -12,17 +12,25 @@ installed, else from TensorBoard's Python implementation (correct, only slower).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import itertools
+import logging
 import os
 import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
+
+from bbench.results.files import OutputWriteError
+
+log = logging.getLogger("bbench")
 
 FLUSH_SECONDS = 10
-"""At most this long until a running job's scalars are visible in TensorBoard."""
+"""The buffered events reach the file when an event is added this long or longer after the
+last flush, and on close: an epoch's scalars are visible in TensorBoard at most this long
+plus one epoch after it ends."""
 
 FILE_VERSION = "brain.Event:2"
 """The first event of every event file: the format version TensorBoard's readers expect."""
@@ -52,29 +60,38 @@ def masked(crc: int) -> int:
 
 class EventFile:
     """One TensorBoard event file, written record by record through a buffer that is
-    flushed at most every `flush_seconds` (checked when an event is written) and on close."""
+    flushed at most every `flush_seconds` (checked when an event is written) and on close.
+
+    A file that cannot be written (no permission, a full disk) raises OutputWriteError,
+    naming the file and the switch that runs without it."""
 
     def __init__(self, log_dir: Path, flush_seconds: float = FLUSH_SECONDS) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
 
         self._event = Event
         self._crc = _crc32c()
-        log_dir.mkdir(parents=True, exist_ok=True)
         # TensorBoard's own naming (it finds event files by the prefix); a resumed run adds
         # a file beside the first one's, never over it.
         self.path = log_dir / (f"events.out.tfevents.{int(time.time()):010d}."
                                f"{socket.gethostname()}.{os.getpid()}.{next(_FILE_NUMBERS)}")
-        self._file: BinaryIO = open(self.path, "xb")
         self.flush_seconds = flush_seconds
         self._flushed_at = time.monotonic()
-        self._write(Event(wall_time=time.time(), file_version=FILE_VERSION))
-        self.flush()
+        with self._writing():
+            log_dir.mkdir(parents=True, exist_ok=True)
+            self._file: BinaryIO = open(self.path, "xb")
+            try:
+                self._write(Event(wall_time=time.time(), file_version=FILE_VERSION))
+                self.flush()
+            except OSError:
+                self._file.close()
+                raise
 
     def add(self, step: int, summary: Any) -> None:
         """One event holding `summary` (a Summary proto) at `step`, stamped now."""
-        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
-        if time.monotonic() - self._flushed_at >= self.flush_seconds:
-            self.flush()
+        with self._writing():
+            self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+            if time.monotonic() - self._flushed_at >= self.flush_seconds:
+                self.flush()
 
     def _write(self, event: Any) -> None:
         data = event.SerializeToString()
@@ -87,8 +104,20 @@ class EventFile:
         self._flushed_at = time.monotonic()
 
     def close(self) -> None:
+        """Write out what is buffered and close; the file is closed even if that write fails."""
         if not self._file.closed:
-            self._file.close()
+            with self._writing():
+                self._file.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The file's OSError as an OutputWriteError that names it."""
+        try:
+            yield
+        except OSError as err:
+            raise OutputWriteError(
+                f"could not write the TensorBoard events {self.path}: "
+                f"{err.strerror or err}; --set train.tensorboard=false runs without them") from None
 
 
 class TensorBoardLogger:
@@ -97,7 +126,8 @@ class TensorBoardLogger:
     Method logs appear as `method/<key>` (e.g. `method/coef_audio`), everything else under
     its record name (`train_loss`, `val_acc`, `val_acc_<m>`, `lr`). An epoch's scalars go
     out as one event holding one summary of all of them (TensorBoard reads each value as its
-    own scalar series): `SummaryWriter.add_scalar` builds an event per value.
+    own scalar series): `SummaryWriter.add_scalar` builds an event per value, each of which
+    costs a small run's epoch more than its steps' own bookkeeping.
     """
 
     def __init__(self, log_dir: Path) -> None:
@@ -115,4 +145,9 @@ class TensorBoardLogger:
         self.events.add(epoch, self._summary(value=values))
 
     def close(self) -> None:
-        self.events.close()
+        """The scalars are a view of the run, not its results: a failure to write the last of
+        them is a warning, so that it never hides the run's own error or stops its record."""
+        try:
+            self.events.close()
+        except OutputWriteError as err:
+            log.warning("%s", err)

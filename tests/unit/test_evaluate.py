@@ -7,13 +7,15 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from bbench.config.specs import ModelSpec
 from bbench.data.base import TensorMultimodalDataset
-from bbench.engine.evaluate import eval_loader, predict, split_metrics
-from bbench.methods.base import RunContext
+from bbench.engine.evaluate import _own_storage, eval_loader, predict, split_metrics
+from bbench.methods.base import Method, RunContext
 from bbench.methods.registry import build_method
 from bbench.metrics.classification import accuracy, macro_f1
+from bbench.models.fusion import FUSIONS
 from bbench.testing.methods import toy_batch, toy_info
 
 CPU = torch.device("cpu")
@@ -54,13 +56,23 @@ def test_predict_rows_are_the_fused_and_every_modality_argmax_of_all_samples(n, 
     assert pred.loss == pytest.approx(expected, rel=1e-6)
 
 
-def expected_rows(method, model, data) -> torch.Tensor:
+def expected_rows(method: Method, model: nn.Module, data: TensorMultimodalDataset) -> torch.Tensor:
     """[1 + M, N]: the method's own evaluation logits of every sample, batch by batch of one."""
     with torch.no_grad():
         rows = [torch.stack([z, *per]).argmax(-1) for z, per in (
-            method.eval_logits(model.eval(), {**{m: data.features[m][i:i + 1] for m in INFO.modalities}})
+            method.eval_logits(model.eval(), {m: data.features[m][i:i + 1] for m in INFO.modalities})
             for i in range(len(data)))]
     return torch.cat(rows, 1)
+
+
+def test_held_features_own_their_storage():
+    """A pooled token `y[:, 0]` is copied before it is held; a tensor of its own is not."""
+    tokens = torch.randn(4, 197, 8)
+    pooled = _own_storage(tokens[:, 0])
+    assert torch.equal(pooled, tokens[:, 0])
+    assert pooled.untyped_storage().nbytes() == pooled.numel() * pooled.element_size()
+    owned = torch.randn(4, 8)
+    assert _own_storage(owned) is owned
 
 
 def test_per_modality_logits_formed_over_many_batches_flush_at_the_row_bound(monkeypatch):
@@ -77,6 +89,18 @@ def test_per_modality_logits_formed_over_many_batches_flush_at_the_row_bound(mon
     monkeypatch.setattr(evaluate, "UNIMODAL_ROWS", 5)
     pred = predict(method, model, eval_loader(data, 3), CPU)
     assert calls == [6] * 3 + [6] * 3 + [1] * 3  # 2 batches of 3 held, twice; the last one
+    assert torch.equal(pred.predicted, expected_rows(method, model, data))
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS.names()))
+def test_every_fusion_heads_held_per_modality_rows_are_its_per_sample_ones(fusion):
+    """Formed over many held samples, each head's per-modality predictions are the ones its
+    eval_logits gives sample by sample (the heads' unimodal logits are row-wise)."""
+    method = build_method("Baseline", {}, RunContext(INFO, ModelSpec(fusion=fusion), 0, CPU))
+    torch.manual_seed(0)
+    model = method.build_model()
+    data = dataset(19)
+    pred = predict(method, model, eval_loader(data, 4), CPU)
     assert torch.equal(pred.predicted, expected_rows(method, model, data))
 
 

@@ -4,6 +4,7 @@ flush interval, and one file per logger, never one over another."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -16,6 +17,7 @@ from tensorboard.compat.tensorflow_stub.errors import DataLossError  # noqa: E40
 from tensorboard.compat.proto.event_pb2 import Event  # noqa: E402
 
 from bbench.engine.tensorboard import FILE_VERSION, EventFile, TensorBoardLogger, _crc32c, masked  # noqa: E402
+from bbench.results.files import OutputWriteError  # noqa: E402
 
 
 def read_events(path) -> list[Event]:
@@ -89,3 +91,32 @@ def test_two_loggers_of_one_directory_write_two_files(tmp_path):
     first.close(), second.close()
     assert first.path != second.path
     assert sorted(tmp_path.iterdir()) == sorted([first.path, second.path])
+
+
+def test_a_directory_that_cannot_hold_the_file_is_named_with_the_switch_that_runs_without_it(tmp_path):
+    taken = tmp_path / "tensorboard"
+    taken.write_text("a file where the directory should be")
+    with pytest.raises(OutputWriteError, match=r"TensorBoard events .*train\.tensorboard=false"):
+        EventFile(taken)
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_fails_the_write_by_name_and_the_loggers_close_only_warns(tmp_path, caplog):
+    summary = Summary(value=[Summary.Value(tag="val_acc", simple_value=0.5)])
+    every = EventFile(tmp_path / "every", flush_seconds=0)
+    every._file.close()
+    every._file = open("/dev/full", "wb")  # every write fails: No space left on device
+    with pytest.raises(OutputWriteError, match="No space left"):
+        every.add(0, summary)
+    with pytest.raises(OutputWriteError):
+        every.close()  # the buffered event cannot be written either
+    assert every._file.closed  # closed all the same
+
+    logger = TensorBoardLogger(tmp_path / "held")
+    logger.events._file.close()
+    logger.events._file = open("/dev/full", "wb")
+    logger(None, 0, {"epoch": 0, "val_acc": 0.5})  # buffered: nothing fails yet
+    with caplog.at_level("WARNING", logger="bbench"):
+        logger.close()  # the last scalars are lost, the run's own outcome is not
+    assert logger.events._file.closed
+    assert "No space left" in caplog.text
