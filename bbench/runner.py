@@ -353,7 +353,8 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
     model = method.build_model()
     training = TrainingData(data.info, data.train, data.val, data.collate, data.train_eval)
     callbacks = list(callbacks or [])
-    board = (TensorBoardLogger(run_dir / "tensorboard")
+    board = (TensorBoardLogger(run_dir / "tensorboard",
+                               resumed_at=None if state is None else state["epoch"])
              if spec.train.tensorboard and tensorboard_available() else None)
     if board is not None:
         callbacks.append(board)

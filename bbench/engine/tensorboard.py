@@ -86,10 +86,11 @@ class EventFile:
                 self._file.close()
                 raise
 
-    def add(self, step: int, summary: Any) -> None:
-        """One event holding `summary` (a Summary proto) at `step`, stamped now."""
+    def add(self, step: int, **content: Any) -> None:
+        """One event at `step`, stamped now, holding `content` (a `summary` Summary proto, or
+        a `session_log`)."""
         with self._writing():
-            self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+            self._write(self._event(wall_time=time.time(), step=step, **content))
             if time.monotonic() - self._flushed_at >= self.flush_seconds:
                 self.flush()
 
@@ -130,11 +131,18 @@ class TensorBoardLogger:
     costs a small run's epoch more than its steps' own bookkeeping.
     """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, resumed_at: int | None = None) -> None:
+        """`resumed_at`: the epoch a resumed run continues from. The epochs from it on were
+        logged already if the run stopped after them but before its next checkpoint, and are
+        trained and logged again: a SessionLog START at that step makes TensorBoard drop the
+        earlier file's events from it on, so every epoch shows once."""
+        from tensorboard.compat.proto.event_pb2 import SessionLog
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         self._summary = Summary
         self.events = EventFile(log_dir)
+        if resumed_at is not None:
+            self.events.add(resumed_at, session_log=SessionLog(status=SessionLog.START))
 
     def __call__(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         value = self._summary.Value
@@ -142,7 +150,7 @@ class TensorBoardLogger:
                   for name, v in record.get("method", {}).items()]
         values += [value(tag=key, simple_value=v) for key, v in record.items()
                    if isinstance(v, (int, float)) and key != "epoch"]
-        self.events.add(epoch, self._summary(value=values))
+        self.events.add(epoch, summary=self._summary(value=values))
 
     def close(self) -> None:
         """The scalars are a view of the run, not its results: a failure to write the last of

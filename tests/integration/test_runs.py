@@ -205,6 +205,32 @@ def test_tensorboard_scalars_are_written_when_tensorboard_is_installed(small_run
         [h["val_acc"] for h in result.history])
 
 
+def test_a_resumed_runs_scalars_show_every_epoch_once(small_run, tmp_path):
+    """Stopped after epoch 3 was logged but before its checkpoint (every 3rd epoch), the run
+    trains epoch 3 again on resume: TensorBoard shows it once, with the resumed values."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_in_epoch_4(trainer, epoch, record):
+        if epoch == 4:
+            raise Interrupt
+
+    run_dir = tmp_path / "cut"
+    with pytest.raises(Interrupt):
+        small_run("Baseline", epochs=6, out=str(run_dir), callbacks=[stop_in_epoch_4],
+                  **{"train.checkpoint_every": 3, "train.checkpoint_seconds": 0})
+    resumed = bbench.run(resume=run_dir)
+    assert len(list((run_dir / "tensorboard").iterdir())) == 2  # one file per session
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("train_loss")
+    assert [e.step for e in scalars] == list(range(6))
+    assert [e.value for e in scalars] == pytest.approx([h["train_loss"] for h in resumed.history])
+
+
 def test_tensorboard_off_writes_no_event_files(small_run):
     result = small_run("Baseline", **{"train.tensorboard": False})
     assert not (result.run_dir / "tensorboard").exists()

@@ -63,7 +63,7 @@ def test_tensorboards_reader_reads_back_every_scalar_after_the_file_version(tmp_
 def test_a_damaged_record_is_refused_by_tensorboards_reader(tmp_path):
     """The checksums are the ones the reader verifies: one flipped byte is detected."""
     events = EventFile(tmp_path)
-    events.add(0, Summary(value=[Summary.Value(tag="val_acc", simple_value=0.5)]))
+    events.add(0, summary=Summary(value=[Summary.Value(tag="val_acc", simple_value=0.5)]))
     events.close()
     data = bytearray(events.path.read_bytes())
     data[-6] ^= 0xFF  # inside the last event's proto
@@ -76,12 +76,12 @@ def test_events_reach_the_file_at_the_flush_interval_and_on_close(tmp_path):
     summary = Summary(value=[Summary.Value(tag="val_acc", simple_value=0.5)])
     held = EventFile(tmp_path / "held", flush_seconds=3600)
     header = held.path.stat().st_size  # the file version, flushed when the file opens
-    held.add(0, summary)
+    held.add(0, summary=summary)
     assert held.path.stat().st_size == header  # buffered until the interval has passed
     held.close()
     assert len(read_events(held.path)) == 2
     every = EventFile(tmp_path / "every", flush_seconds=0)
-    every.add(0, summary)
+    every.add(0, summary=summary)
     assert len(read_events(every.path)) == 2  # written out at once, the file still open
     every.close()
 
@@ -107,7 +107,7 @@ def test_a_full_disk_fails_the_write_by_name_and_the_loggers_close_only_warns(tm
     every._file.close()
     every._file = open("/dev/full", "wb")  # every write fails: No space left on device
     with pytest.raises(OutputWriteError, match="No space left"):
-        every.add(0, summary)
+        every.add(0, summary=summary)
     with pytest.raises(OutputWriteError):
         every.close()  # the buffered event cannot be written either
     assert every._file.closed  # closed all the same
