@@ -29,6 +29,12 @@ class Evaluates(Protocol):
 
     def default_evaluation(self) -> bool: ...
 
+    def default_fused(self, model: nn.Module, batch: Batch, present: Sequence[bool] | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]: ...
+
+    def default_unimodal(self, model: nn.Module, features: Sequence[torch.Tensor]
+                         ) -> list[torch.Tensor]: ...
+
 
 def eval_loader(dataset: Dataset, batch_size: int, collate: Callable = collate_samples,
                 num_workers: int = 0, **options: Any) -> DataLoader:
@@ -77,10 +83,10 @@ class _HeldFeatures:
         self.features.append([_own_storage(f) for f in features])
         self.rows += logits.shape[0]
 
-    def predicted(self, model: nn.Module) -> torch.Tensor:
+    def predicted(self, method: Evaluates, model: nn.Module) -> torch.Tensor:
         """[1 + M, rows] argmax classes of the held batches (on the host); empties the hold."""
         features = [torch.cat(parts) for parts in zip(*self.features)]
-        unimodal = [model.unimodal_logits(features, i) for i in range(len(features))]
+        unimodal = method.default_unimodal(model, features)
         predicted = _argmax_rows([torch.cat(self.logits), *unimodal])
         self.logits, self.features, self.rows = [], [], 0
         return predicted
@@ -123,17 +129,16 @@ def predict(method: Evaluates, model: nn.Module, loader: DataLoader, device: tor
             if held is None:
                 logits, unimodal = method.eval_logits(model, batch)
                 predicted.append(_argmax_rows([logits, *unimodal]))
-            else:  # Method.eval_logits, its per-modality logits deferred
-                features = model.encode(batch)
-                logits = model.fuse(features)
+            else:  # Method.eval_logits, its per-modality half deferred
+                logits, features = method.default_fused(model, batch)
                 held.add(logits, features)
                 if held.rows >= UNIMODAL_ROWS:
-                    predicted.append(held.predicted(model))
+                    predicted.append(held.predicted(method, model))
             y = batch["label"]
             losses.append(F.cross_entropy(logits.float(), y, reduction="sum"))
             labels.append(y)
         if held is not None and held.rows:
-            predicted.append(held.predicted(model))
+            predicted.append(held.predicted(method, model))
     if not labels:
         return SplitPredictions(torch.zeros(0, dtype=torch.long),
                                 torch.zeros((1 + len(names), 0), dtype=torch.long), names, 0.0)

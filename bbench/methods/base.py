@@ -322,10 +322,21 @@ class Method:
                     unimodal: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Fused logits and (unless `unimodal` is False) per-modality logits; absent
         modalities (present[m] False) are input-masked."""
+        fused, features = self.default_fused(model, batch, present)
+        return fused, self.default_unimodal(model, features) if unimodal else []
+
+    @staticmethod
+    def default_fused(model: nn.Module, batch: Batch, present: Sequence[bool] | None = None
+                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The default evaluation's first half: the fused logits and the features they came
+        from (evaluation forms the per-modality half over many batches' features at once)."""
         features = model.encode(batch, present)
-        per_modality = ([model.unimodal_logits(features, i) for i in range(len(model.modalities))]
-                        if unimodal else [])
-        return model.fuse(features), per_modality
+        return model.fuse(features), features
+
+    @staticmethod
+    def default_unimodal(model: nn.Module, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The default evaluation's second half: every modality's logits of `features`."""
+        return [model.unimodal_logits(features, i) for i in range(len(model.modalities))]
 
     def eval_modalities(self, model: nn.Module) -> tuple[str, ...]:
         return tuple(model.modalities)
