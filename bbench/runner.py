@@ -11,6 +11,7 @@ import resource
 import shlex
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -358,30 +359,34 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
              if spec.train.tensorboard and tensorboard_available() else None)
     if board is not None:
         callbacks.append(board)
-    try:
-        trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
-                          run_identity=identity)
+    # The run's file writes after the fit (its last checkpoint, then the selected weights) go
+    # to one thread, in that order, while the test split is evaluated; leaving the block waits
+    # for them, so the record is never written before they are.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bbench-write") as writer:
         try:
-            fit = trainer.fit(resume_state=state)
-        except KeyboardInterrupt:
-            raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
-                                 trainer.checkpointed_epoch) from None
-        except OutputWriteError as err:
-            if not trainer.checkpointed_epoch:
-                raise
-            raise OutputWriteError(
-                f"{err}. The checkpoint of epoch {trainer.checkpointed_epoch} is usable: once "
-                f"there is room, continue with: python -m bbench run --resume "
-                f"{shlex.quote(str(run_dir))}") from None
-    finally:
-        if board is not None:
-            board.close()
-    model.load_state_dict(fit.best_state)
-    atomic_write(run_dir / BEST_MODEL_NAME, lambda tmp: torch.save(fit.best_state, tmp),
-                 "selected weights")
-
-    metrics, extra = (evaluate_on_test(spec, data, method, model, device) if evaluate_test
-                      else ({}, {"validation_only": True}))
+            trainer = Trainer(spec.train, training, method, model, run_dir, callbacks=callbacks,
+                              run_identity=identity, writer=writer)
+            try:
+                fit = trainer.fit(resume_state=state)
+            except KeyboardInterrupt:
+                raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
+                                     trainer.checkpointed_epoch) from None
+            except OutputWriteError as err:
+                raise _with_resume_hint(err, trainer, run_dir) from None
+        finally:
+            if board is not None:
+                board.close()
+        model.load_state_dict(fit.best_state)
+        selected = writer.submit(atomic_write, run_dir / BEST_MODEL_NAME,
+                                 lambda tmp: torch.save(fit.best_state, tmp), "selected weights")
+        metrics, extra = (evaluate_on_test(spec, data, method, model, device) if evaluate_test
+                          else ({}, {"validation_only": True}))
+    try:
+        if trainer.final_save is not None:  # its own seconds: the fit's no longer include them
+            metrics["final_checkpoint_seconds"] = trainer.final_save.result()
+        selected.result()
+    except OutputWriteError as err:
+        raise _with_resume_hint(err, trainer, run_dir) from None
     metrics.update({
         "train_flops": fit.train_flops,
         "train_flops_by_region": fit.flops_by_region,
@@ -400,6 +405,16 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
         **forward_flops(method, model, data, device),
     })
     return metrics, extra, fit.history
+
+
+def _with_resume_hint(err: OutputWriteError, trainer: Trainer, run_dir: Path
+                      ) -> OutputWriteError:
+    """A failed write of the run's files, with how to go on from the last checkpoint written."""
+    if not trainer.checkpointed_epoch:
+        return err
+    return OutputWriteError(
+        f"{err}. The checkpoint of epoch {trainer.checkpointed_epoch} is usable: once there is "
+        f"room, continue with: python -m bbench run --resume {shlex.quote(str(run_dir))}")
 
 
 def evaluate_on_test(spec: RunSpec, data, method, model, device: torch.device

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +35,13 @@ def save(path: Path, state: dict[str, Any]) -> None:
         atomic_write(path, lambda tmp: torch.save(state, tmp), "checkpoint")
 
 
+def timed_save(path: Path, state: dict[str, Any]) -> float:
+    """`save`, returning its seconds: the time a save on another thread took, for the record."""
+    started = time.perf_counter()
+    save(path, state)
+    return time.perf_counter() - started
+
+
 @contextlib.contextmanager
 def _without_crc32() -> Iterator[None]:
     """`torch.save` without the CRC32 of each zip record, where torch lets it be skipped
@@ -42,18 +51,25 @@ def _without_crc32() -> Iterator[None]:
     either way), and computing it is half the time of a save: a ResNet18-AV checkpoint
     (268 MB: weights, momentum, the selected weights) takes 0.40 s with it and 0.21 s
     without on a 2-core CPU. A truncated file is still refused (its zip directory is
-    missing: `load`). The setting is torch's, process-wide, so it is restored at once."""
+    missing: `load`). The setting is torch's, process-wide, so it is restored at once, and
+    one save at a time switches it (a save on a `Trainer`'s writer thread can meet one on the
+    main thread: without the lock the later one would restore the earlier one's switch)."""
     try:
         from torch.utils.serialization import config
-        before = config.save.compute_crc32
+        config.save.compute_crc32
     except (ImportError, AttributeError):  # an older torch: nothing to switch
         yield
         return
-    config.save.compute_crc32 = False
-    try:
-        yield
-    finally:
-        config.save.compute_crc32 = before
+    with _CRC_SWITCH:
+        before = config.save.compute_crc32
+        config.save.compute_crc32 = False
+        try:
+            yield
+        finally:
+            config.save.compute_crc32 = before
+
+
+_CRC_SWITCH = threading.Lock()
 
 
 def load(path: Path, device: torch.device) -> dict[str, Any]:

@@ -12,13 +12,15 @@ overhead): a step's FLOPs are counted once per step signature, the training loss
 accuracies are summed on the device and read once per epoch, the model is put in training
 mode once per pass (evaluation helpers restore the mode they found), the optimizer uses
 torch's multi-tensor kernels, and checkpoints are written at most every
-`checkpoint_seconds` of training (and after the last epoch).
+`checkpoint_seconds` of training (and after the last epoch: given a `writer`, on its thread,
+while the caller goes on to the test split).
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+from concurrent.futures import Executor, Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,7 @@ class FitResult:
     flops_by_region: dict[str, int]
     flops_reused: int
     train_seconds: float
-    fit_seconds: float  # wall time of fit: steps, hooks, validation and checkpoints
+    fit_seconds: float  # wall time of fit: steps, hooks, validation, checkpoints (see `writer`)
     samples_seen: int
     steps: int
 
@@ -74,7 +76,13 @@ class Trainer:
     def __init__(self, spec: TrainSpec, data: TrainingData, method: Method, model: nn.Module,
                  run_dir: Path | None = None, count_flops: bool = True,
                  callbacks: list[Callable[["Trainer", int, dict[str, Any]], None]] | None = None,
-                 run_identity: dict[str, Any] | None = None) -> None:
+                 run_identity: dict[str, Any] | None = None,
+                 writer: Executor | None = None) -> None:
+        """`writer`: where the checkpoint after the last epoch is written (`final_save` is
+        its future; the caller waits for it before it relies on the file), so the write
+        overlaps what the caller does next instead of adding to the fit. Without one it is
+        written in `fit`, like every earlier checkpoint (which the next step would change the
+        state of, so they cannot be handed over without a copy as costly as the write)."""
         self.spec = spec
         self.data = data
         self.method = method
@@ -104,6 +112,8 @@ class Trainer:
         self.run_identity = dict(run_identity or {})
         self.checkpointed_epoch = 0  # epochs covered by the last checkpoint written
         self._checkpointed_at = 0.0  # train_seconds when it was written
+        self.writer = writer
+        self.final_save: Future[float] | None = None  # the last epoch's checkpoint on `writer`
 
     # -- helpers methods use -----------------------------------------------------------------
     def zero_grad(self) -> None:
@@ -300,11 +310,29 @@ class Trainer:
             "flops_reused": self.flops.reused, "flops_by_signature": self.flops.by_signature,
             "train_seconds": self.train_seconds,
         }
+        path = self.run_dir / ckpt.CHECKPOINT_NAME
+        if last and self.writer is not None:
+            # Nothing in this state changes after the fit: the selected weights are the copy
+            # made at the best epoch, the method's state is a snapshot (`Method.extra_state`)
+            # and the containers are copied here.
+            state.update(history=list(self.history), best_val=dict(self.best_val),
+                         flops_by_region=dict(self.flops.regions),
+                         flops_by_signature=dict(self.flops.by_signature))
+            self.final_save = self.writer.submit(ckpt.timed_save, path, state)
+            self.final_save.add_done_callback(self._saved(self.epoch))
+            return
         if not last:  # what the next epochs train from: the loop's parts of those names
             state.update({key: getattr(self, key).state_dict() for key in ckpt.TRAINING_KEYS})
-        ckpt.save(self.run_dir / ckpt.CHECKPOINT_NAME, state)
+        ckpt.save(path, state)
         self.checkpointed_epoch = self.epoch
         self._checkpointed_at = self.train_seconds
+
+    def _saved(self, epoch: int) -> Callable[[Future[float]], None]:
+        """What a background save does when it ends: count its epochs once it succeeded."""
+        def done(save: Future[float]) -> None:
+            if not save.cancelled() and save.exception() is None:
+                self.checkpointed_epoch = epoch
+        return done
 
     def _restore(self, state: dict[str, Any]) -> None:
         finished = bool(state.get("finished"))

@@ -22,7 +22,8 @@ from bbench.results.files import MalformedFileError, read_json, write_json
 SCHEMA = "bbench.run/1"
 RECORD_NAME = "record.json"
 MACHINE_METRICS = frozenset({"wall_seconds", "train_seconds", "fit_seconds", "eval_seconds",
-                             "samples_per_second", "peak_memory_bytes"})
+                             "final_checkpoint_seconds", "samples_per_second",
+                             "peak_memory_bytes"})
 """Metrics that measure the machine, not the run: they differ between any two runs."""
 
 

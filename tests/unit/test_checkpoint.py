@@ -2,6 +2,7 @@
 save settings left as they were."""
 from __future__ import annotations
 
+import threading
 import zipfile
 
 import pytest
@@ -51,6 +52,33 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_restores_the_setting(tm
         ckpt.save(path, {**a_state(), "model": {"w": lambda: None}})  # cannot be pickled
     assert path.read_bytes() == before and not path.with_name(path.name + ".tmp").exists()
     assert config.save.compute_crc32 is True
+
+
+def test_saves_on_two_threads_switch_the_setting_one_at_a_time(tmp_path):
+    """A save on the run's writer thread can meet one on the main thread. Unserialised, the
+    later one would record the earlier one's switched-off setting as the user's and leave it
+    off. With the switch held by one save, the other waits and both restore it."""
+    holding, release, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def first() -> None:
+        with ckpt._without_crc32():
+            holding.set()
+            release.wait(timeout=30)
+
+    def second() -> None:
+        ckpt.save(tmp_path / "second.pt", a_state())
+        second_done.set()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert holding.wait(timeout=30)
+    threads[1].start()
+    assert not second_done.wait(timeout=0.3)  # it waits for the first to hand the switch back
+    release.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert second_done.is_set() and config.save.compute_crc32 is True
+    assert {info.CRC for info in zipfile.ZipFile(tmp_path / "second.pt").infolist()} == {0}
 
 
 def test_a_truncated_checkpoint_is_refused_by_name(tmp_path):
