@@ -103,8 +103,8 @@ def load(path: Path, device: torch.device) -> dict[str, Any]:
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():  # a run that never used CUDA has no CUDA state to keep,
+        state["cuda"] = torch.cuda.get_rng_state_all()  # and reading it would start CUDA
     return state
 
 

@@ -98,3 +98,16 @@ def test_only_a_finished_fits_checkpoint_may_leave_out_the_training_state(tmp_pa
     ckpt.save(tmp_path / ckpt.CHECKPOINT_NAME, {**without, "finished": False})
     with pytest.raises(ckpt.CheckpointError, match="missing model, optimizer, scheduler, precision"):
         ckpt.load(tmp_path, CPU)
+
+
+def test_the_cuda_generators_are_kept_only_once_cuda_is_in_use(monkeypatch):
+    """Reading CUDA's generator states starts CUDA: a CPU run on a machine with a GPU would
+    take a CUDA context (and the time to make it) at its first checkpoint, for state it
+    never used. A run that used CUDA has started it, so its generators are kept."""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("CUDA was started"))
+    assert set(ckpt.rng_state()) == {"torch", "python", "numpy"}
+    kept = [torch.zeros(4, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: kept)
+    assert ckpt.rng_state()["cuda"] is kept
