@@ -325,9 +325,23 @@ def _execute_locked(spec: RunSpec, data: Any, method: Any, run_dir: Path, device
     speed = {**FastPath.for_spec(spec.train, device).describe(), "precision": spec.train.precision}
     result = RunResult(run_dir, to_dict(spec), metrics, history, environment(device, speed), extra)
     result.save()
+    _remove_finished_checkpoint(run_dir)
     log.info("%s on %s: acc=%.4f, record %s", spec.method, spec.dataset.name,
              metrics.get("acc", float("nan")), result.record_path)
     return result
+
+
+def _remove_finished_checkpoint(run_dir: Path) -> None:
+    """The fit's last checkpoint, once the record is written: it exists for a run stopped
+    between its fit and its record, and holds the selected weights (best_model.pt has them),
+    the history and the counts (the record has them); a finished run is never resumed. Kept,
+    it would double the disk a finished run takes (85 MiB more for the ResNet18-AV pair)."""
+    path = run_dir / CHECKPOINT_NAME
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as err:  # the run is complete either way
+        log.warning("could not remove %s, which the finished run no longer needs: %s", path,
+                    err.strerror or err)
 
 
 def verified_checkpoint(run_dir: Path, identity: dict[str, Any], device: torch.device

@@ -27,6 +27,7 @@ import pytest
 import torch
 
 import bbench
+import bbench.runner
 from bbench.cli import main
 from bbench.engine import checkpoint as ckpt
 
@@ -92,19 +93,27 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    """`done/`: a finished OGM run of 3 epochs; `resumable/`: the same without record.json
-    (an interrupted run: spec.json and a checkpoint, no record)."""
+    """`done/`: a finished OGM run of 3 epochs; `resumable/`: the same run stopped by Ctrl-C
+    between its fit and its record (spec.json and the fit's last checkpoint, no record; a
+    finished run's checkpoint is removed with its record)."""
     base = tmp_path_factory.mktemp("prepared")
     cwd = Path.cwd()
     os.chdir(base)
     try:
         code = main(["run", "--method", "OGM", "--epochs", "3", "--out", "done", *RUN_FLAGS])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(bbench.runner, "evaluate_on_test", _interrupted)
+            stopped = main(["run", "--method", "OGM", "--epochs", "3", "--out", "resumable",
+                            *RUN_FLAGS])
     finally:
         os.chdir(cwd)
-    assert code == 0
-    shutil.copytree(base / "done", base / "resumable")
-    (base / "resumable" / "record.json").unlink()
+    assert (code, stopped) == (0, 130)
+    assert (base / "resumable" / ckpt.CHECKPOINT_NAME).is_file()
     return base
+
+
+def _interrupted(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt
 
 
 @pytest.fixture

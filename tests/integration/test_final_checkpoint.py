@@ -32,6 +32,7 @@ def test_the_last_checkpoint_is_written_while_the_test_split_is_evaluated(small_
         if state["finished"]:
             seen["thread"] = threading.current_thread().name
             seen["overlapped"] = testing.wait(timeout=10)
+            seen["epoch"] = state["epoch"]
         save(path, state)
 
     def evaluate_marked(*args: Any, **kwargs: Any) -> Any:
@@ -41,12 +42,21 @@ def test_the_last_checkpoint_is_written_while_the_test_split_is_evaluated(small_
     monkeypatch.setattr(ckpt, "save", save_once_testing)
     monkeypatch.setattr(bbench.runner, "evaluate_on_test", evaluate_marked)
     result = small_run("OGM", epochs=2, **EVERY_EPOCH)
-    assert seen == {"thread": seen["thread"], "overlapped": True}
+    assert seen == {"thread": seen["thread"], "overlapped": True, "epoch": 2}
     assert seen["thread"].startswith("bbench-write")
-    state = ckpt.load(result.run_dir, torch.device("cpu"))
-    assert state["finished"] and state["epoch"] == 2
     assert result.metrics["final_checkpoint_seconds"] > 0
     assert (result.run_dir / RECORD_NAME).is_file()
+
+
+def test_a_finished_run_keeps_its_selected_weights_once(small_run):
+    """The last checkpoint is removed once the record is written: the selected weights are
+    in best_model.pt, the rest in the record, and a finished run is not resumed."""
+    result = small_run("Baseline", epochs=2, **EVERY_EPOCH)
+    assert sorted(p.name for p in result.run_dir.iterdir()) == [
+        ".lock", "best_model.pt", "record.json", "spec.json"] + (
+        ["tensorboard"] if (result.run_dir / "tensorboard").exists() else [])
+    with pytest.raises(bbench.runner.RunDirectoryExistsError, match="finished run"):
+        bbench.run(resume=result.run_dir)
 
 
 def test_the_record_is_written_only_after_the_last_checkpoint(small_run, monkeypatch):
@@ -64,8 +74,9 @@ def test_the_record_is_written_only_after_the_last_checkpoint(small_run, monkeyp
     record_save = bbench.RunResult.save
     monkeypatch.setattr(ckpt, "save", save_noted)
     monkeypatch.setattr(bbench.RunResult, "save", record_after_save)
-    small_run("Baseline", epochs=2, **EVERY_EPOCH)
+    result = small_run("Baseline", epochs=2, **EVERY_EPOCH)
     assert saved == [False, True]
+    assert not (result.run_dir / ckpt.CHECKPOINT_NAME).exists()  # removed after the record
 
 
 def test_a_failed_last_checkpoint_stops_the_run_and_names_the_checkpoint_to_resume_from(
