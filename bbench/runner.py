@@ -39,8 +39,7 @@ from bbench.methods.registry import METHODS, build_method, method_params
 from bbench.metrics.classification import evaluation_size
 from bbench.metrics.shapley import compute_shapley
 from bbench.models.modes import eval_mode
-from bbench.results.files import (MalformedFileError, OutputWriteError, atomic_write, read_json,
-                                  write_json)
+from bbench.results.files import MalformedFileError, OutputWriteError, read_json, write_json
 from bbench.results.lock import RunLock
 from bbench.results.record import RECORD_NAME, RunResult, environment
 
@@ -387,23 +386,31 @@ def _train_and_evaluate(spec: RunSpec, data, method, run_dir: Path, device: torc
                 fit = trainer.fit(resume_state=state)
             except KeyboardInterrupt:
                 raise RunInterrupted(run_dir, trainer.epoch, spec.train.epochs,
-                                     trainer.checkpointed_epoch) from None
+                                     trainer.settled_checkpoint()) from None
             except OutputWriteError as err:
                 raise _with_resume_hint(err, trainer, run_dir) from None
         finally:
             if board is not None:
                 board.close()
         model.load_state_dict(fit.best_state)
-        selected = writer.submit(atomic_write, run_dir / BEST_MODEL_NAME,
-                                 lambda tmp: torch.save(fit.best_state, tmp), "selected weights")
-        metrics, extra = (evaluate_on_test(spec, data, method, model, device) if evaluate_test
-                          else ({}, {"validation_only": True}))
+        selected = writer.submit(ckpt.save_file, run_dir / BEST_MODEL_NAME, fit.best_state,
+                                 "selected weights")
+        try:
+            metrics, extra = (evaluate_on_test(spec, data, method, model, device) if evaluate_test
+                              else ({}, {"validation_only": True}))
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, spec.train.epochs, spec.train.epochs,
+                                 trainer.settled_checkpoint()) from None
+        except BaseException:
+            trainer.settled_checkpoint()  # a failed write is logged beside the error raised
+            raise
     try:
-        if trainer.final_save is not None:  # its own seconds: the fit's no longer include them
-            metrics["final_checkpoint_seconds"] = trainer.final_save.result()
+        final_seconds = trainer.wait_for_checkpoint()
         selected.result()
     except OutputWriteError as err:
         raise _with_resume_hint(err, trainer, run_dir) from None
+    if final_seconds is not None:  # its own time: the fit's no longer includes it
+        metrics["final_checkpoint_seconds"] = final_seconds
     metrics.update({
         "train_flops": fit.train_flops,
         "train_flops_by_region": fit.flops_by_region,

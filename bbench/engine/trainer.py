@@ -110,7 +110,8 @@ class Trainer:
         self.train_seconds = 0.0
         # Stored in every checkpoint (the resolved spec and its hash) so a resume can verify it.
         self.run_identity = dict(run_identity or {})
-        self.checkpointed_epoch = 0  # epochs covered by the last checkpoint written
+        self.checkpointed_epoch = 0  # epochs covered by the last checkpoint written (one on
+        # `writer` counts once waited for: `wait_for_checkpoint`)
         self._checkpointed_at = 0.0  # train_seconds when it was written
         self.writer = writer
         self.final_save: Future[float] | None = None  # the last epoch's checkpoint on `writer`
@@ -314,12 +315,12 @@ class Trainer:
         if last and self.writer is not None:
             # Nothing in this state changes after the fit: the selected weights are the copy
             # made at the best epoch, the method's state is a snapshot (`Method.extra_state`)
-            # and the containers are copied here.
-            state.update(history=list(self.history), best_val=dict(self.best_val),
+            # and the containers, down to each epoch record callbacks are given, are copied here.
+            state.update(history=[{**r, "method": dict(r["method"])} for r in self.history],
+                         best_val=dict(self.best_val),
                          flops_by_region=dict(self.flops.regions),
                          flops_by_signature=dict(self.flops.by_signature))
             self.final_save = self.writer.submit(ckpt.timed_save, path, state)
-            self.final_save.add_done_callback(self._saved(self.epoch))
             return
         if not last:  # what the next epochs train from: the loop's parts of those names
             state.update({key: getattr(self, key).state_dict() for key in ckpt.TRAINING_KEYS})
@@ -327,12 +328,25 @@ class Trainer:
         self.checkpointed_epoch = self.epoch
         self._checkpointed_at = self.train_seconds
 
-    def _saved(self, epoch: int) -> Callable[[Future[float]], None]:
-        """What a background save does when it ends: count its epochs once it succeeded."""
-        def done(save: Future[float]) -> None:
-            if not save.cancelled() and save.exception() is None:
-                self.checkpointed_epoch = epoch
-        return done
+    def wait_for_checkpoint(self) -> float | None:
+        """Wait for the last epoch's checkpoint on `writer`, and count it in
+        `checkpointed_epoch`; the seconds its write took (None: there was none on `writer`).
+        Raises the write's error (an `OutputWriteError` for a full disk)."""
+        if self.final_save is None:
+            return None
+        seconds = self.final_save.result()
+        self.checkpointed_epoch = self.spec.epochs
+        return seconds
+
+    def settled_checkpoint(self) -> int:
+        """The epochs the run's checkpoint covers once a pending write has ended: what a run
+        stopped now resumes from. A failed write counts nothing and is logged, since another
+        error (an interrupt) is what stops the run."""
+        try:
+            self.wait_for_checkpoint()
+        except Exception as err:
+            log.warning("the checkpoint after the last epoch was not written: %s", err)
+        return self.checkpointed_epoch
 
     def _restore(self, state: dict[str, Any]) -> None:
         finished = bool(state.get("finished"))

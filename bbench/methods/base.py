@@ -350,7 +350,9 @@ class Method:
 
     # -- state (§1.12) --------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
-        """Method state beyond the generator that a resumed run needs."""
+        """Method state beyond the generator that a resumed run needs, as a snapshot: tensors
+        the method goes on changing are returned as copies (`.clone()`), since the checkpoint
+        after the last epoch is written on another thread while the run evaluates."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:

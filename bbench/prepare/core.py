@@ -184,7 +184,11 @@ def _bar(total: int, label: str, progress: bool) -> Any:
 def save_torch(ctx: JobContext, array: Any, final: Path) -> None:
     import torch
 
-    ctx.write(final, lambda p: torch.save(torch.as_tensor(array).contiguous(), p))
+    def write(p: Path) -> None:  # through a file object: a failed write is an OSError naming why
+        with open(p, "wb") as f:
+            torch.save(torch.as_tensor(array).contiguous(), f)
+
+    ctx.write(final, write)
 
 
 def save_npy(ctx: JobContext, array: np.ndarray, final: Path) -> None:

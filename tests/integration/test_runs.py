@@ -86,7 +86,8 @@ def test_a_run_stopped_between_fit_and_record_resumes_from_its_finished_checkpoi
     monkeypatch.setattr(bbench.runner, "evaluate_on_test", stopped)
     with pytest.raises(RunInterrupted) as stop:
         small_run("OGM", epochs=3, start=0, out=str(tmp_path / "cut"))
-    assert stop.value.checkpointed == 3
+    assert (stop.value.epochs_done, stop.value.checkpointed) == (3, 3)
+    assert stop.value.message().startswith("interrupted after 3 of 3 epochs")
     state = ckpt.load(tmp_path / "cut", torch.device("cpu"))
     assert state["finished"] and not set(ckpt.TRAINING_KEYS) & set(state)
     monkeypatch.setattr(bbench.runner, "evaluate_on_test", evaluate)
