@@ -305,21 +305,19 @@ class Trainer:
             "run": self.run_identity, "finished": last,
             "epoch": self.epoch, "global_step": self.global_step, "samples_seen": self.samples_seen,
             "method": self.method.state_dict(),
-            "rng": ckpt.rng_state(), "history": self.history, "best_epoch": self.best_epoch,
-            "best_val": self.best_val, "best_state": self.best_state,
-            "flops": self.flops.total, "flops_by_region": self.flops.regions,
-            "flops_reused": self.flops.reused, "flops_by_signature": self.flops.by_signature,
+            # Copies of the containers, down to each epoch record callbacks are given: the
+            # last checkpoint is written on `writer` while the run goes on (the selected
+            # weights are the copy made at the best epoch, the method's state a snapshot).
+            "rng": ckpt.rng_state(), "best_epoch": self.best_epoch,
+            "history": [{**r, "method": dict(r["method"])} for r in self.history],
+            "best_val": dict(self.best_val), "best_state": self.best_state,
+            "flops": self.flops.total, "flops_by_region": dict(self.flops.regions),
+            "flops_reused": self.flops.reused,
+            "flops_by_signature": dict(self.flops.by_signature),
             "train_seconds": self.train_seconds,
         }
         path = self.run_dir / ckpt.CHECKPOINT_NAME
         if last and self.writer is not None:
-            # Nothing in this state changes after the fit: the selected weights are the copy
-            # made at the best epoch, the method's state is a snapshot (`Method.extra_state`)
-            # and the containers, down to each epoch record callbacks are given, are copied here.
-            state.update(history=[{**r, "method": dict(r["method"])} for r in self.history],
-                         best_val=dict(self.best_val),
-                         flops_by_region=dict(self.flops.regions),
-                         flops_by_signature=dict(self.flops.by_signature))
             self.final_save = self.writer.submit(ckpt.timed_save, path, state)
             return
         if not last:  # what the next epochs train from: the loop's parts of those names

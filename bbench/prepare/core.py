@@ -184,11 +184,9 @@ def _bar(total: int, label: str, progress: bool) -> Any:
 def save_torch(ctx: JobContext, array: Any, final: Path) -> None:
     import torch
 
-    def write(p: Path) -> None:  # through a file object: a failed write is an OSError naming why
-        with open(p, "wb") as f:
-            torch.save(torch.as_tensor(array).contiguous(), f)
+    from bbench.engine.checkpoint import torch_save
 
-    ctx.write(final, write)
+    ctx.write(final, lambda p: torch_save(torch.as_tensor(array).contiguous(), p))
 
 
 def save_npy(ctx: JobContext, array: np.ndarray, final: Path) -> None:
